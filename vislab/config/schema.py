@@ -1,0 +1,91 @@
+"""The config schema: every key a recipe may set, with its type and default.
+
+Recipes (YAML under ``configs/``) and ``key=value`` overrides are merged onto these dataclasses,
+so a misspelt key or a value of the wrong type is an error before anything runs. The ``model``
+section is open: its keys are checked against the chosen model builder's arguments.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | image_folder
+    root: Optional[str] = None  # image_folder: a folder holding train_split/ and val_split/
+    train_split: str = "train"
+    val_split: str = "val"
+    image_size: int = 224  # side of the square crop fed to the model
+    val_resize: Optional[int] = None  # shorter side before the centre crop (image_size / 0.875)
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized crop area
+    hflip: bool = True
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    batch_size: int = 32  # per process
+    num_workers: int = 2
+    skip_bad: bool = False  # skip (and count) unreadable images instead of stopping
+    max_train_samples: Optional[int] = None  # a fixed, seeded subset of the training set
+    max_val_samples: Optional[int] = None
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = False  # False: no weight decay on norm weights and biases
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 0.0
+    warmup_factor: float = 0.001  # lr multiplier at step 0, rising linearly to 1
+    milestones: List[float] = field(default_factory=list)  # step: epochs at which lr *= gamma
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of the peak
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 90
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Optional[bool] = None  # None: on for CUDA, off on CPU
+    amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 only on CUDA, with loss scaling)
+    clip_grad_norm: Optional[float] = None
+    accumulate_steps: int = 1
+    label_smoothing: float = 0.0
+    eval_every: int = 1  # epochs
+    log_every: int = 20  # steps
+    checkpoint_every: int = 1  # epochs
+    keep_last: int = 2  # checkpoints kept besides the best
+    channels_last: bool = False
+
+
+@dataclass
+class Config:
+    task: str = "classification"
+    recipe: Optional[str] = None  # the recipe's name (its file name unless set); names run dirs
+    output_dir: Optional[str] = None  # default: runs/<recipe name>/<timestamp>
+    resume: Any = False  # true: latest checkpoint of output_dir (or newest run); or a checkpoint path
+    weights: Optional[str] = None  # initialise (train) or evaluate (eval) these model weights
+    model: Dict[str, Any] = field(default_factory=lambda: {"name": "resnet18"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task": ("classification",),
+    "data.name": ("digits", "image_folder"),
+    "optim.name": ("sgd", "adamw"),
+    "schedule.name": ("cosine", "step", "constant"),
+    "train.amp_dtype": ("bf16", "fp16"),
+}

@@ -1,0 +1,89 @@
+"""Samplers that make a run independent of how many processes and workers it uses.
+
+``TrainSampler`` shuffles once per epoch from ``(seed, epoch)`` and cuts each global batch into
+one contiguous slice per process, so the union of the processes' batches equals the batch a
+single process would draw. It yields ``(index, sample_seed)`` pairs; ``SeededSamples`` reseeds
+the random transforms from ``sample_seed``, so each image gets the same augmentation whichever
+process or worker loads it, and a resumed epoch replays exactly.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def _generator(*seeds: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(hash(tuple(seeds)) & 0x7FFF_FFFF_FFFF_FFFF)
+    return g
+
+
+class TrainSampler(Sampler):
+    def __init__(self, num_samples: int, *, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        if num_samples < batch_size * world_size:
+            raise ValueError(f"{num_samples} training samples cannot fill one global batch of "
+                             f"{batch_size} x {world_size} processes; lower data.batch_size")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.num_samples // (self.batch_size * self.world_size)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch)).tolist()
+        sample_seeds = torch.randint(0, 2**62, (self.num_samples,), generator=_generator(self.seed, self.epoch, 1)).tolist()
+        global_batch = self.batch_size * self.world_size
+        for b in range(self.batches_per_epoch):
+            start = b * global_batch + self.rank * self.batch_size
+            for position in range(start, start + self.batch_size):
+                yield order[position], sample_seeds[position]
+
+
+class ShardSampler(Sampler):
+    """Every ``world_size``-th index from ``rank``: a disjoint cover of the set for evaluation."""
+
+    def __init__(self, num_samples: int, *, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, num_samples, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+class SeededSamples(Dataset):
+    """Applies ``transform`` to ``dataset[index]`` under a torch RNG seeded by the sampler."""
+
+    def __init__(self, dataset: Dataset, transform):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, sample_seed = key if isinstance(key, tuple) else (key, None)
+        sample = self.dataset[index]
+        if sample is None:
+            return None
+        image, label = sample
+        if sample_seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.transform(image), label

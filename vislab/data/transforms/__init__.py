@@ -1,0 +1,1 @@
+"""Image transforms per task."""

@@ -1,0 +1,150 @@
+"""Checkpoints: a folder per save holding ``model.safetensors`` and ``state.pt``.
+
+A checkpoint is written into a hidden temporary folder and renamed into place, then the
+``last`` (and ``best``) pointer files are replaced atomically, so a crash at any moment leaves
+the previous checkpoint intact. ``state.pt`` holds only tensors, numbers, strings and
+containers, and is read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vislab.utils.files import atomic_write_text
+from vislab.weights import WeightsError, read_weights, save_weights
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+LAST = "last"
+BEST = "best"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt, or does not fit the run."""
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: model tensors, their metadata, and the trainer state."""
+
+    path: Path
+    model: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+    state: dict[str, Any]
+
+
+class CheckpointDir:
+    """The ``checkpoints/`` folder of a run."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def save(self, name: str, *, model_state: dict[str, torch.Tensor], metadata: dict[str, Any],
+             trainer_state: dict[str, Any]) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
+        try:
+            save_weights(model_state, tmp / MODEL_FILE, metadata=metadata)
+            torch.save(trainer_state, tmp / STATE_FILE)
+            final = self.root / name
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        atomic_write_text(self.root / LAST, name)
+        return final
+
+    def mark_best(self, name: str) -> None:
+        atomic_write_text(self.root / BEST, name)
+
+    def pointer(self, which: str) -> Path | None:
+        file = self.root / which
+        if not file.is_file():
+            return None
+        target = self.root / file.read_text().strip()
+        return target if target.is_dir() else None
+
+    def prune(self, *, keep_last: int) -> None:
+        """Delete all but the newest ``keep_last`` checkpoints, never the best or last one."""
+        keep = {p for p in (self.pointer(BEST), self.pointer(LAST)) if p is not None}
+        saved = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for old in saved[: max(0, len(saved) - keep_last)]:
+            if old not in keep:
+                shutil.rmtree(old)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder, a file inside one, a ``checkpoints/``
+    folder or a run folder (their ``last`` checkpoint)."""
+    path = Path(path)
+    if path.is_file() and path.name in (MODEL_FILE, STATE_FILE):
+        path = path.parent
+    if (path / STATE_FILE).is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        last = CheckpointDir(root).pointer(LAST)
+        if last is not None:
+            return last
+    raise CheckpointError(f"no checkpoint at {path} (expected a folder with {STATE_FILE}, "
+                          f"or a run folder with checkpoints/{LAST})")
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """A model weights file from itself, a checkpoint folder, or a run folder (its best
+    checkpoint, else its last)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (path / MODEL_FILE).is_file():
+        return path / MODEL_FILE
+    for root in (path, path / "checkpoints"):
+        folder = CheckpointDir(root)
+        chosen = folder.pointer(BEST) or folder.pointer(LAST)
+        if chosen is not None:
+            return chosen / MODEL_FILE
+    raise WeightsError(f"no weights at {path} (expected a .safetensors file, a checkpoint folder "
+                       f"or a run folder)")
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    folder = resolve_checkpoint(path)
+    try:
+        model, metadata = read_weights(folder / MODEL_FILE)
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from exc
+    try:
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, unpickling refusal, ...
+        raise CheckpointError(f"trainer state {folder / STATE_FILE} is corrupt or truncated: {exc}") from exc
+    return Checkpoint(path=folder, model=model, metadata=metadata, state=state)

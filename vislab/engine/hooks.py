@@ -1,0 +1,133 @@
+"""Hooks run around the training loop: evaluation, checkpoints, logging, progress, plots.
+
+The loop (``Trainer.fit``) calls ``before_train``, ``after_step`` after each optimizer step,
+``after_epoch`` and ``after_train`` on each hook in order (detectron2's ``HookBase`` pattern).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vislab.engine.trainer import Trainer
+
+
+class Hook:
+    def before_train(self, trainer: "Trainer") -> None: ...
+
+    def after_step(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
+
+    def after_epoch(self, trainer: "Trainer") -> None: ...
+
+    def after_train(self, trainer: "Trainer") -> None: ...
+
+
+class EvalHook(Hook):
+    """Evaluates every ``every`` epochs and after the last one."""
+
+    def __init__(self, *, every: int):
+        self.every = every
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        if trainer.epoch % self.every == 0 or trainer.epoch == trainer.max_epochs:
+            trainer.run_evaluation()
+
+
+class CheckpointHook(Hook):
+    """Saves every ``every`` epochs and after the last one; keeps the best by the task's metric."""
+
+    def __init__(self, *, every: int, keep_last: int):
+        self.every = every
+        self.keep_last = keep_last
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        if trainer.epoch % self.every == 0 or trainer.epoch == trainer.max_epochs:
+            trainer.save_checkpoint(keep_last=self.keep_last)
+
+
+class MetricsWriter(Hook):
+    """Appends one JSON object per logged step and evaluation to ``metrics.jsonl``, and writes
+    the same scalars as TensorBoard events."""
+
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                self.tb.add_scalar(key, value, global_step=record["step"])
+        self.tb.flush()
+
+    def after_step(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+        if metrics:
+            self.write({"step": trainer.step, "epoch": trainer.epoch_float, **metrics})
+
+    def after_train(self, trainer: "Trainer") -> None:
+        self.tb.close()
+
+
+class ProgressHook(Hook):
+    """A tqdm bar (ETA, loss, lr, images/s) on a terminal; plain log lines otherwise."""
+
+    def __init__(self, *, total_steps: int, stream=None):
+        self.total_steps = total_steps
+        self.stream = stream or sys.stdout
+        self.interactive = self.stream.isatty()
+        self.bar = None
+        self.start = 0.0
+
+    def before_train(self, trainer: "Trainer") -> None:
+        self.start = time.perf_counter()
+        if self.interactive:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total_steps, initial=trainer.step, file=self.stream,
+                            dynamic_ncols=True, desc="train")
+
+    def after_step(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if metrics:
+                self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.3g}",
+                                     img_s=f"{metrics['images_per_s']:.0f}")
+        elif metrics:
+            elapsed = time.perf_counter() - self.start
+            done = max(1, trainer.step - trainer.start_step)
+            eta = elapsed / done * (self.total_steps - trainer.step)
+            print(f"epoch {trainer.epoch_float:.2f} step {trainer.step}/{self.total_steps} "
+                  f"loss {metrics['loss']:.4f} lr {metrics['lr']:.4g} "
+                  f"{metrics['images_per_s']:.0f} img/s eta {eta:.0f}s", file=self.stream, flush=True)
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        if trainer.last_eval and trainer.last_eval.get("epoch") == trainer.epoch:
+            line = "  ".join(f"{k} {v:.4f}" for k, v in trainer.last_eval.items()
+                             if isinstance(v, float))
+            message = f"epoch {trainer.epoch}/{trainer.max_epochs} eval: {line}"
+            if self.bar is not None:
+                self.bar.write(message)
+            else:
+                print(message, file=self.stream, flush=True)
+
+    def after_train(self, trainer: "Trainer") -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class CurvesHook(Hook):
+    """Plots the training loss and every evaluation metric into ``curves.png``."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def after_train(self, trainer: "Trainer") -> None:
+        from vislab.engine.plots import plot_curves
+
+        plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")

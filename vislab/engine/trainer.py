@@ -1,0 +1,242 @@
+"""The training loop shared by every task.
+
+A task (``vislab.tasks``) supplies the model, data loaders, the loss of a batch and the
+evaluation; the trainer owns everything else: device and process group, DDP, AMP, gradient
+accumulation and clipping, the optimizer and lr schedule, the non-finite-loss guard, and
+checkpoint save/resume. Evaluation, checkpoint timing, logging and progress are hooks.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from vislab.config import to_yaml
+from vislab.engine import checkpoint as ckpt
+from vislab.engine.distributed import DistInfo, all_reduce_sum, barrier
+from vislab.engine.hooks import CheckpointHook, CurvesHook, EvalHook, Hook, MetricsWriter, ProgressHook
+from vislab.engine.optim import build_optimizer
+from vislab.engine.schedule import LRSchedule, apply_lr
+from vislab.weights import WeightsError, load_state_dict
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stopped without saving."""
+
+
+def seed_everything(*seeds: int) -> None:
+    seed = hash(tuple(seeds)) % 2**32
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def autocast_context(device: torch.device, *, enabled: bool, dtype: str):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, task, *, run_dir: Path, device: torch.device, dist: DistInfo):
+        self.cfg = cfg
+        self.task = task
+        self.run_dir = run_dir
+        self.device = device
+        self.dist = dist
+        train = cfg.train
+
+        seed_everything(train.seed)
+        model = task.build_model()
+        if model_uses_syncbn(model) and dist.enabled and device.type != "cuda":
+            raise ValueError("norm=SyncBN synchronises statistics across GPUs and needs CUDA in a "
+                             "multi-process run; use GN (or BN) on CPU")
+        model.to(device)
+        if train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model_without_ddp = model
+
+        self.train_loader, self.train_sampler = task.build_train_loader(dist)
+        self.val_loader = task.build_val_loader(dist)
+        self.steps_per_epoch = self.train_sampler.batches_per_epoch // train.accumulate_steps
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"one epoch has {self.train_sampler.batches_per_epoch} batches, fewer than "
+                             f"train.accumulate_steps={train.accumulate_steps}")
+        self.max_epochs = train.epochs
+        self.total_steps = self.steps_per_epoch * self.max_epochs
+
+        o = cfg.optim
+        self.optimizer = build_optimizer(model, name=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                         decay_norm_and_bias=o.decay_norm_and_bias, momentum=o.momentum,
+                                         nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps)
+        s = cfg.schedule
+        self.schedule = LRSchedule(
+            name=s.name, total_steps=self.total_steps,
+            warmup_steps=int(round(s.warmup_epochs * self.steps_per_epoch)),
+            warmup_factor=s.warmup_factor, gamma=s.gamma, min_lr_ratio=s.min_lr_ratio,
+            milestones=[int(round(m * self.steps_per_epoch)) for m in s.milestones])
+
+        self.amp = train.amp if train.amp is not None else device.type == "cuda"
+        if self.amp and train.amp_dtype == "fp16" and device.type != "cuda":
+            raise ValueError("train.amp_dtype=fp16 needs CUDA; use bf16 on CPU")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and train.amp_dtype == "fp16")
+
+        self.model: nn.Module = model
+        if dist.enabled:
+            self.model = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        self.checkpoints = ckpt.CheckpointDir(run_dir / "checkpoints")
+        self.epoch = 0
+        self.step = 0
+        self.start_step = 0
+        self.best: dict[str, Any] | None = None
+        self.last_eval: dict[str, Any] | None = None
+        self._new_best = False
+        self.skipped_samples = 0
+        self.hooks = self._default_hooks()
+
+    def _default_hooks(self) -> list[Hook]:
+        train = self.cfg.train
+        hooks: list[Hook] = [EvalHook(every=train.eval_every)]
+        if self.dist.is_main:
+            self.writer = MetricsWriter(self.run_dir)
+            hooks += [self.writer, ProgressHook(total_steps=self.total_steps)]
+        hooks.append(CheckpointHook(every=train.checkpoint_every, keep_last=train.keep_last))
+        if self.dist.is_main:
+            hooks.append(CurvesHook(self.run_dir))
+        return hooks
+
+    @property
+    def epoch_float(self) -> float:
+        return self.step / self.steps_per_epoch
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.start_step = self.step
+        for hook in self.hooks:
+            hook.before_train(self)
+        while self.epoch < self.max_epochs:
+            self._train_one_epoch()
+            self.epoch += 1
+            for hook in self.hooks:
+                hook.after_epoch(self)
+        for hook in self.hooks:
+            hook.after_train(self)
+        last = self.checkpoints.pointer(ckpt.LAST)
+        best = self.checkpoints.pointer(ckpt.BEST)
+        return {"epochs": self.epoch, "steps": self.step, "seconds": time.perf_counter() - started,
+                "final": self.last_eval, "best": self.best, "skipped_samples": self.skipped_samples,
+                "last_checkpoint": str(last) if last else None,
+                "best_checkpoint": str(best) if best else None}
+
+    def _train_one_epoch(self) -> None:
+        train = self.cfg.train
+        accumulate = train.accumulate_steps
+        self.train_sampler.set_epoch(self.epoch)
+        seed_everything(train.seed, self.epoch, self.dist.rank)
+        self.model.train()
+        batches = iter(self.train_loader)
+        window = torch.zeros(4, dtype=torch.float64)  # loss sum, loss count, images, skipped
+        window_start = time.perf_counter()
+        for _ in range(self.steps_per_epoch):
+            lr = apply_lr(self.optimizer, base_lr=self.cfg.optim.lr, factor=self.schedule(self.step))
+            for micro in range(accumulate):
+                batch = next(batches)
+                sync = (self.model.no_sync() if isinstance(self.model, DistributedDataParallel)
+                        and micro < accumulate - 1 else contextlib.nullcontext())
+                with sync:
+                    with autocast_context(self.device, enabled=self.amp, dtype=train.amp_dtype):
+                        loss, num_images = self.task.train_step(self.model, batch, self.device)
+                    if loss is None:  # every sample of the batch was unreadable and skipped
+                        loss = sum(p.sum() * 0.0 for p in self.model.parameters())
+                    elif not torch.isfinite(loss.detach()).item():
+                        self._stop_non_finite(loss)
+                    self.scaler.scale(loss / accumulate).backward()
+                window += torch.tensor([loss.item() * num_images, num_images, num_images,
+                                        batch.get("skipped", 0)], dtype=torch.float64)
+            if train.clip_grad_norm is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), train.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            metrics: dict[str, float] = {}
+            if self.step % train.log_every == 0 or self.step == self.total_steps:
+                totals = all_reduce_sum(window, self.dist)
+                self.skipped_samples += int(totals[3])
+                elapsed = time.perf_counter() - window_start
+                metrics = {"loss": float(totals[0] / max(totals[1], 1)), "lr": lr,
+                           "images_per_s": float(totals[2]) / max(elapsed, 1e-9),
+                           "data/skipped": self.skipped_samples}
+                window.zero_()
+                window_start = time.perf_counter()
+            for hook in self.hooks:
+                hook.after_step(self, metrics)
+
+    def _stop_non_finite(self, loss: torch.Tensor) -> None:
+        last = self.checkpoints.pointer(ckpt.LAST)
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+        raise NonFiniteLossError(
+            f"loss is {loss.item()} at step {self.step + 1} (epoch {self.epoch + 1}); training stopped "
+            f"and nothing was saved after it; {where}")
+
+    # ---------------------------------------------------------------- evaluation
+    def run_evaluation(self) -> dict[str, float]:
+        with autocast_context(self.device, enabled=self.amp, dtype=self.cfg.train.amp_dtype):
+            metrics = self.task.evaluate(self.model_without_ddp, self.val_loader, device=self.device,
+                                         dist=self.dist)
+        record = {f"val/{k}": v for k, v in metrics.items()}
+        self.last_eval = {"epoch": self.epoch, **record}
+        key = f"val/{self.task.primary_metric}"
+        self._new_best = self.best is None or record[key] > self.best["value"]
+        if self._new_best:
+            self.best = {"metric": key, "value": record[key], "epoch": self.epoch}
+        if self.dist.is_main:
+            self.writer.write({"step": self.step, "epoch": float(self.epoch), **record})
+        return metrics
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, *, keep_last: int) -> None:
+        if self.dist.is_main:
+            name = f"epoch_{self.epoch:04d}"
+            metadata = {"model": self.cfg.model.name, "task": self.cfg.task, "config": to_yaml(self.cfg),
+                        "epoch": self.epoch, "step": self.step, "metrics": self.last_eval,
+                        **self.task.metadata()}
+            state = {"epoch": self.epoch, "step": self.step, "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(), "best": self.best,
+                     "config": to_yaml(self.cfg)}
+            self.checkpoints.save(name, model_state=self.model_without_ddp.state_dict(),
+                                  metadata=metadata, trainer_state=state)
+            if self._new_best and self.last_eval and self.last_eval["epoch"] == self.epoch:
+                self.checkpoints.mark_best(name)
+            self.checkpoints.prune(keep_last=keep_last)
+        barrier(self.dist)
+
+    def resume_from(self, path: str | Path) -> Path:
+        loaded = ckpt.load_checkpoint(path)
+        try:
+            load_state_dict(self.model_without_ddp, loaded.model, strict=True,
+                            source=f"checkpoint {loaded.path}")
+        except WeightsError as exc:
+            raise ckpt.CheckpointError(str(exc)) from None
+        state = loaded.state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+        ckpt.set_rng_state(state["rng"])
+        return loaded.path
+
+
+def model_uses_syncbn(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())

@@ -1,0 +1,177 @@
+"""ResNet (He et al., 2016) and ResNeXt (Xie et al., 2017) with any norm layer.
+
+The layout follows torchvision's ResNet v1.5 (stride on the 3x3 conv of a bottleneck), so its
+parameter counts match torchvision exactly and its weights convert by renaming keys.
+Group Normalization (Wu & He, 2018) and the other norms come from ``vislab.layers.get_norm``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from vislab.layers import get_norm
+from vislab.models.shape_spec import ShapeSpec
+
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+
+
+def conv2d(w_in: int, w_out: int, k: int, *, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """A bias-free convolution with 'same' padding for odd kernels."""
+    return nn.Conv2d(w_in, w_out, k, stride=stride, padding=k // 2, groups=groups, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity or projection shortcut (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, w_in: int, planes: int, *, stride: int, groups: int, width_per_group: int,
+                 norm: str, norm_groups: int):
+        super().__init__()
+        if groups != 1 or width_per_group != 64:
+            raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
+        self.conv1 = conv2d(w_in, planes, 3, stride=stride)
+        self.norm1 = get_norm(norm, planes, groups=norm_groups)
+        self.conv2 = conv2d(planes, planes, 3)
+        self.norm2 = get_norm(norm, planes, groups=norm_groups)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(w_in, planes, stride=stride, norm=norm, norm_groups=norm_groups)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.norm2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (grouped for ResNeXt, strided), 1x1 expand; output is 4x ``planes``."""
+
+    expansion = 4
+
+    def __init__(self, w_in: int, planes: int, *, stride: int, groups: int, width_per_group: int,
+                 norm: str, norm_groups: int):
+        super().__init__()
+        inner = int(planes * (width_per_group / 64.0)) * groups
+        w_out = planes * self.expansion
+        self.conv1 = conv2d(w_in, inner, 1)
+        self.norm1 = get_norm(norm, inner, groups=norm_groups)
+        self.conv2 = conv2d(inner, inner, 3, stride=stride, groups=groups)
+        self.norm2 = get_norm(norm, inner, groups=norm_groups)
+        self.conv3 = conv2d(inner, w_out, 1)
+        self.norm3 = get_norm(norm, w_out, groups=norm_groups)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(w_in, w_out, stride=stride, norm=norm, norm_groups=norm_groups)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.norm3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.relu(self.norm2(self.conv2(out)))
+        out = self.norm3(self.conv3(out))
+        return self.relu(out + shortcut)
+
+
+def _shortcut(w_in: int, w_out: int, *, stride: int, norm: str, norm_groups: int) -> nn.Module | None:
+    if stride == 1 and w_in == w_out:
+        return None
+    return nn.Sequential(conv2d(w_in, w_out, 1, stride=stride), get_norm(norm, w_out, groups=norm_groups))
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResNetStem(nn.Module):
+    """7x7/2 conv + 3x3/2 max-pool (stride 4), or with ``small`` a 3x3/1 conv without pooling
+    for 32x32 inputs such as CIFAR or the embedded digits."""
+
+    def __init__(self, w_in: int, w_out: int, *, norm: str, norm_groups: int, small: bool):
+        super().__init__()
+        self.conv = conv2d(w_in, w_out, 3 if small else 7, stride=1 if small else 2)
+        self.norm = get_norm(norm, w_out, groups=norm_groups)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.Identity() if small else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.stride = 1 if small else 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.relu(self.norm(self.conv(x))))
+
+
+class ResNet(nn.Module):
+    """A ResNet/ResNeXt trunk; ``forward_features`` returns ``res2``..``res5``.
+
+    Args:
+        block: "basic" (ResNet-18/34) or "bottleneck".
+        depths: residual blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+        groups, width_per_group: ResNeXt cardinality and per-group width (32, 4 for 32x4d).
+        width: multiplier on every stage width (64 channels in the first stage at 1.0).
+        norm, norm_groups: norm layer name for ``get_norm`` and GroupNorm's group count.
+        small_stem: 3x3 stride-1 stem without max-pool, for tiny images.
+        zero_init_residual: start each residual branch's last norm at zero scale, so every block
+            is the identity at initialisation (Goyal et al., 2017, section 5.1).
+    """
+
+    def __init__(self, *, block: str, depths: Sequence[int], groups: int = 1,
+                 width_per_group: int = 64, width: float = 1.0, norm: str = "BN",
+                 norm_groups: int = 32, small_stem: bool = False, zero_init_residual: bool = False,
+                 in_chans: int = 3):
+        super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}; choose one of {sorted(BLOCKS)}")
+        if len(depths) != 4:
+            raise ValueError(f"depths must list 4 stages, got {list(depths)}")
+        block_cls = BLOCKS[block]
+        base = int(round(64 * width))
+        self.norm = norm
+        self.stem = ResNetStem(in_chans, base, norm=norm, norm_groups=norm_groups, small=small_stem)
+        self._shapes: dict[str, ShapeSpec] = {}
+        w_in, stride = base, self.stem.stride
+        for index, (name, depth) in enumerate(zip(STAGE_NAMES, depths)):
+            planes = base * 2**index
+            first_stride = 1 if index == 0 else 2
+            blocks = []
+            for b in range(depth):
+                blocks.append(block_cls(w_in, planes, stride=first_stride if b == 0 else 1,
+                                        groups=groups, width_per_group=width_per_group,
+                                        norm=norm, norm_groups=norm_groups))
+                w_in = planes * block_cls.expansion
+            stride *= first_stride
+            self.add_module(name, nn.Sequential(*blocks))
+            self._shapes[name] = ShapeSpec(channels=w_in, stride=stride)
+        self.num_features = w_in
+        self._init_weights(zero_init_residual=zero_init_residual)
+
+    def _init_weights(self, *, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)) and hasattr(m.last_norm, "weight"):
+                    nn.init.zeros_(m.last_norm.weight)
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return dict(self._shapes)
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.stem(x)
+        features = {}
+        for name in STAGE_NAMES:
+            x = getattr(self, name)(x)
+            features[name] = x
+        return features
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_features(x)

@@ -1,0 +1,30 @@
+"""The record the model registry holds for each name."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Published figures a model is held to (params exact, GMACs within 2%)."""
+
+    params: int | None
+    gmacs: float | None
+    source: str
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its builder, the builder's defaults for this variant, and the input
+    size its complexity is measured at."""
+
+    name: str
+    task: str
+    builder: Callable[..., nn.Module]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    input_size: tuple[int, ...] = (3, 224, 224)
+    num_classes: int = 1000
+    reference: Reference | None = None

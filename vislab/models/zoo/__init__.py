@@ -1,0 +1,1 @@
+"""Registry entries of each model family, collected by ``vislab.models.registry``."""

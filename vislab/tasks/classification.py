@@ -1,0 +1,123 @@
+"""Image classification: datasets, model, cross-entropy and top-k evaluation from a config."""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset, Subset
+
+from vislab.config import model_kwargs
+from vislab.data.datasets.digits import DigitsDataset
+from vislab.data.datasets.image_folder import ImageFolderDataset
+from vislab.data.loader import build_loader, collate_classification
+from vislab.data.sampler import SeededSamples, ShardSampler, TrainSampler
+from vislab.data.transforms.classification import train_transform, val_transform
+from vislab.engine.distributed import DistInfo, all_reduce_sum
+from vislab.evaluation.classification import TopKAccumulator
+from vislab.models import create_model
+from vislab.engine.checkpoint import resolve_weights
+from vislab.weights import load_weights
+
+
+def build_dataset(cfg: DictConfig, split: str) -> Dataset:
+    data = cfg.data
+    if data.name == "digits":
+        return DigitsDataset(split)
+    folder = data.train_split if split == "train" else data.val_split
+    return ImageFolderDataset(Path(data.root) / folder, skip_bad=data.skip_bad)
+
+
+def limit(dataset: Dataset, max_samples: int | None) -> Dataset:
+    """A fixed subset of ``max_samples``: the first of one seeded permutation, so a smaller
+    subset is always contained in a larger one (as data-scaling studies need)."""
+    if max_samples is None or max_samples >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_samples]
+    subset = Subset(dataset, sorted(order.tolist()))
+    subset.classes = dataset.classes
+    return subset
+
+
+class ClassificationTask:
+    primary_metric = "top1"
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    @cached_property
+    def train_set(self) -> Dataset:
+        return limit(build_dataset(self.cfg, "train"), self.cfg.data.max_train_samples)
+
+    @cached_property
+    def val_set(self) -> Dataset:
+        return limit(build_dataset(self.cfg, "val"), self.cfg.data.max_val_samples)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.val_set.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.model.get("num_classes") or len(self.classes)
+
+    def build_model(self) -> nn.Module:
+        model = create_model(self.cfg.model.name, num_classes=self.num_classes, **model_kwargs(self.cfg))
+        if self.cfg.weights:
+            load_weights(model, resolve_weights(self.cfg.weights))
+        return model
+
+    def metadata(self) -> dict:
+        return {"classes": self.classes}
+
+    def eval_transform(self):
+        d = self.cfg.data
+        return val_transform(image_size=d.image_size, resize=d.val_resize, mean=d.mean, std=d.std)
+
+    def build_train_loader(self, dist: DistInfo):
+        d = self.cfg.data
+        transform = train_transform(image_size=d.image_size, crop_scale=d.crop_scale, hflip=d.hflip,
+                                    mean=d.mean, std=d.std)
+        sampler = TrainSampler(len(self.train_set), batch_size=d.batch_size, seed=self.cfg.train.seed,
+                               rank=dist.rank, world_size=dist.world_size)
+        loader = build_loader(SeededSamples(self.train_set, transform), sampler, batch_size=d.batch_size,
+                              num_workers=d.num_workers, collate_fn=collate_classification,
+                              pin_memory=torch.cuda.is_available())
+        return loader, sampler
+
+    def build_val_loader(self, dist: DistInfo):
+        d = self.cfg.data
+        sampler = ShardSampler(len(self.val_set), rank=dist.rank, world_size=dist.world_size)
+        return build_loader(SeededSamples(self.val_set, self.eval_transform()), sampler,
+                            batch_size=d.batch_size, num_workers=d.num_workers,
+                            collate_fn=collate_classification, pin_memory=torch.cuda.is_available())
+
+    def train_step(self, model: nn.Module, batch: dict, device: torch.device):
+        """Mean cross-entropy (with label smoothing) of the batch, and its image count."""
+        labels = batch["labels"].to(device, non_blocking=True)
+        if labels.numel() == 0:
+            return None, 0
+        images = self._to_device(batch["images"], device)
+        logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.train.label_smoothing)
+        return loss, labels.numel()
+
+    def _to_device(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        images = images.to(device, non_blocking=True)
+        if self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, *, device: torch.device, dist: DistInfo) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        acc = TopKAccumulator(num_classes=self.num_classes)
+        for batch in loader:
+            if batch["labels"].numel():
+                acc.update(model(self._to_device(batch["images"], device)), batch["labels"].to(device))
+        model.train(was_training)
+        return TopKAccumulator.result(acc.names, all_reduce_sum(acc.state(), dist))

@@ -1,0 +1,123 @@
+"""Saving and loading model weights as safetensors, with key checks that name what is wrong.
+
+Nothing here executes code from a file: safetensors holds only tensors and string metadata, and
+PyTorch files are read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vislab.utils.files import atomic_path
+
+
+class WeightsError(RuntimeError):
+    """Weights that do not fit a model, or a file that is not readable weights."""
+
+
+@dataclass
+class LoadReport:
+    """Keys that did not line up when loading a state dict into a model."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 20) -> str:
+        parts = []
+        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("mis-shaped", self.mismatched)):
+            if keys:
+                shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+                parts.append(f"{len(keys)} {title}: {shown}")
+        return "; ".join(parts) if parts else "all keys matched"
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
+                 *, metadata: dict[str, Any] | None = None) -> None:
+    """Write ``state_dict`` atomically; ``metadata`` values are stored as JSON strings."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read tensors and metadata from a safetensors file, or tensors from a PyTorch file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                raw_meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"weights file {path} is corrupt or truncated: {exc}") from exc
+        return tensors, {k: _decode(v) for k, v in raw_meta.items()}
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad or unsafe pickles
+        raise WeightsError(f"cannot read {path} as PyTorch weights: {exc}") from exc
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} holds no state dict of tensors")
+    return obj, {}
+
+
+def _decode(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadReport:
+    own = model.state_dict()
+    report = LoadReport()
+    report.missing = sorted(k for k in own if k not in state_dict and not k.endswith("num_batches_tracked"))
+    report.unexpected = sorted(k for k in state_dict if k not in own)
+    report.mismatched = sorted(
+        f"{k} (file {tuple(v.shape)} vs model {tuple(own[k].shape)})"
+        for k, v in state_dict.items() if k in own and own[k].shape != v.shape
+    )
+    return report
+
+
+def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, strict: bool = True,
+                    source: str = "state dict") -> LoadReport:
+    """Load ``state_dict`` into ``model``; with ``strict`` any key problem is an error naming the
+    keys, otherwise matching keys load and the report lists the rest."""
+    report = check_state_dict(model, state_dict)
+    if strict and not report.ok:
+        raise WeightsError(f"{source} does not fit {type(model).__name__}: {report.describe()}")
+    bad = {name.split(" ")[0] for name in report.mismatched}
+    usable = {k: v for k, v in state_dict.items() if k not in bad and k not in report.unexpected}
+    model.load_state_dict(usable, strict=False)
+    return report
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> LoadReport:
+    """Load weights from ``path`` (safetensors, or a PyTorch state dict) into ``model``."""
+    state_dict, metadata = read_weights(path)
+    source = f"weights file {path}"
+    if "model" in metadata:
+        source += f" (model {metadata['model']})"
+    return load_state_dict(model, state_dict, strict=strict, source=source)

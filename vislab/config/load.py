@@ -121,15 +121,15 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
 
 
 def _check_model(cfg: DictConfig) -> None:
-    from vislab.models.registry import builder_arguments, get_entry
+    from vislab.models.registry import UnknownModelError, builder_arguments, get_entry
 
     model = cfg.model
     if "name" not in model:
         raise ConfigError("model.name is required (see `vislab models`)")
     try:
         entry = get_entry(model.name)
-    except KeyError as exc:
-        raise ConfigError(f"model.name: {exc.args[0]}") from None
+    except UnknownModelError as exc:
+        raise ConfigError(f"model.name: {exc}") from None
     params = builder_arguments(entry)
     for key, value in model.items():
         if key in MODEL_FIXED_KEYS:

@@ -72,6 +72,7 @@ class CheckpointDir:
              trainer_state: dict[str, Any]) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
+        tmp.chmod(0o755)
         try:
             save_weights(model_state, tmp / MODEL_FILE, metadata=metadata)
             torch.save(trainer_state, tmp / STATE_FILE)

@@ -10,6 +10,13 @@ from torch import nn
 from vislab.models.registry_types import ModelEntry
 from vislab.models.zoo import resnet
 
+class UnknownModelError(KeyError):
+    """A model name that is not in the registry."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (*resnet.ENTRIES,)}
 
 
@@ -17,7 +24,7 @@ def get_entry(name: str) -> ModelEntry:
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; `vislab models` lists them"
-        raise KeyError(f"unknown model {name!r}{hint}")
+        raise UnknownModelError(f"unknown model {name!r}{hint}")
     return MODELS[name]
 
 

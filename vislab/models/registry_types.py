@@ -23,6 +23,7 @@ class ModelEntry:
 
     name: str
     task: str
+    family: str  # weight converters are chosen by family, e.g. "resnet"
     builder: Callable[..., nn.Module]
     defaults: dict[str, Any] = field(default_factory=dict)
     input_size: tuple[int, ...] = (3, 224, 224)

@@ -24,6 +24,7 @@ def _entry(name: str, *, params: int, gmacs: float, **defaults) -> ModelEntry:
     return ModelEntry(
         name=name,
         task="classification",
+        family="resnet",
         builder=resnet_classifier,
         defaults=defaults,
         input_size=(3, 224, 224),

@@ -1,0 +1,11 @@
+"""The errors that mean bad input rather than a bug: the CLI prints them as one line."""
+from vislab.config import ConfigError
+from vislab.data.datasets.image_folder import BadImageError, DataError
+from vislab.engine.checkpoint import CheckpointError
+from vislab.engine.run import RunDirError
+from vislab.engine.trainer import NonFiniteLossError
+from vislab.models.registry import UnknownModelError
+from vislab.weights import WeightsError
+
+USER_ERRORS = (ConfigError, BadImageError, DataError, CheckpointError, RunDirError, NonFiniteLossError,
+               UnknownModelError, WeightsError, ValueError, TypeError, FileNotFoundError)

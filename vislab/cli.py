@@ -137,6 +137,7 @@ def _cmd_models(args) -> int:
 def _cmd_flops(args) -> int:
     from vislab.config import parse_overrides
     from vislab.models import model_info
+    from vislab.models.registry import get_entry
 
     size = None
     if args.input:
@@ -148,7 +149,9 @@ def _cmd_flops(args) -> int:
     ref = info["reference"] or {}
     print(f"{info['name']}: {info['params']:,} params, {info['gmacs']:.3f} GMACs at "
           f"{'x'.join(map(str, info['input']))}"
-          + (f" (reference: {ref['params']:,} params, {ref['gmacs']} GMACs)" if ref.get("params") else ""))
+          + (f" (published: {ref['params']:,} params, {ref['gmacs']} GMACs at "
+             f"{'x'.join(map(str, get_entry(args.name).input_size))}, {get_entry(args.name).num_classes} classes)"
+             if ref.get("params") else ""))
     return 0
 
 

@@ -19,6 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 benchmark: $(STAMP)
+	$(BIN)/python benchmarks/quickstart.py
 	$(BIN)/python benchmarks/train_step.py
 
 clean:

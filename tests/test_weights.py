@@ -115,6 +115,19 @@ def test_missing_num_batches_tracked_is_not_reported():
     assert load_state_dict(model, state).ok
 
 
+@pytest.mark.xfail(strict=True, reason="vislab bug: check_state_dict ignores num_batches_tracked only on the "
+                   "missing side, so BN weights (which carry it) are rejected as 'unexpected' by a "
+                   "FrozenBN model, although FrozenBatchNorm2d itself accepts and drops the key")
+def test_bn_weights_load_into_frozen_bn_model(tmp_path):
+    bn_model = vislab.create_model("resnet18", num_classes=10, width=0.25)
+    _randomize_bn(bn_model, seed=5)
+    path = tmp_path / "bn.safetensors"
+    vislab.save_weights(bn_model.state_dict(), path)
+    frozen = vislab.create_model("resnet18", num_classes=10, width=0.25, norm="FrozenBN")
+    frozen.load_state_dict(bn_model.state_dict(), strict=True)  # plain torch accepts this
+    assert vislab.load_weights(frozen, path).ok
+
+
 def test_truncated_safetensors_raises_naming_file(tmp_path):
     path = tmp_path / "cut.safetensors"
     vislab.save_weights(_randomized(Tiny(), 3).state_dict(), path)

@@ -1,4 +1,10 @@
-"""Backbone + global-average-pool + linear head: the image classifier every family shares."""
+"""Backbone + linear head: the image classifier every family shares.
+
+Each backbone's ``forward_pooled`` returns one feature vector per image, with whatever the
+family's paper puts between the last block and the classifier (global average pooling for
+ResNet; pooling + LayerNorm for ConvNeXt; the class token after the final norm for ViT). The
+classifier adds dropout and one linear layer, so heads convert between codebases unchanged.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,33 +12,40 @@ from torch import nn
 
 
 class ClassifierHead(nn.Module):
-    """Global average pooling, optional dropout, and a linear layer."""
-
     def __init__(self, in_features: int, num_classes: int, *, dropout: float = 0.0):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
+        return self.fc(self.dropout(x))
 
 
 class ImageClassifier(nn.Module):
-    """Runs ``backbone.forward_features`` and classifies the map named ``feature``."""
-
-    def __init__(self, backbone: nn.Module, *, num_classes: int, feature: str, dropout: float = 0.0):
+    def __init__(self, backbone: nn.Module, *, num_classes: int, dropout: float = 0.0):
         super().__init__()
-        shapes = backbone.output_shape()
-        if feature not in shapes:
-            raise ValueError(f"backbone has no output {feature!r}; it has {sorted(shapes)}")
         self.backbone = backbone
-        self.feature = feature
         self.num_classes = num_classes
-        self.head = ClassifierHead(shapes[feature].channels, num_classes, dropout=dropout)
+        self.head = ClassifierHead(backbone.num_features, num_classes, dropout=dropout)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.backbone.forward_features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(x)[self.feature])
+        return self.head(self.backbone.forward_pooled(x))
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay (position embeddings, class tokens, ...)."""
+        names = getattr(self.backbone, "no_weight_decay", set)()
+        return {f"backbone.{n}" for n in names}
+
+    def lr_layer_id(self, name: str) -> int:
+        """Depth index of a parameter for layer-wise lr decay: the backbone's own ids
+        (0 for the embedding) and ``num_lr_layers`` for the head."""
+        if name.startswith("backbone.") and hasattr(self.backbone, "lr_layer_id"):
+            return self.backbone.lr_layer_id(name.removeprefix("backbone."))
+        return self.num_lr_layers
+
+    @property
+    def num_lr_layers(self) -> int:
+        return getattr(self.backbone, "num_lr_layers", 0)

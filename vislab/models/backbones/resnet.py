@@ -173,5 +173,9 @@ class ResNet(nn.Module):
             features[name] = x
         return features
 
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Global average pool of ``res5``: the feature vector a classifier reads."""
+        return self.forward_features(x)["res5"].mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_features(x)

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="model options, e.g. norm=GN")
 
     p = add("convert", "Convert weights from another codebase into vislab safetensors.")
-    p.add_argument("--from", dest="source", required=True, choices=["torchvision"])
+    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "timm"])
     p.add_argument("--model", required=True, help="vislab registry name")
     p.add_argument("src")
     p.add_argument("dst")

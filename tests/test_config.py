@@ -160,9 +160,6 @@ def test_typed_schema_key_accepts_exponent_without_dot():
     assert list(cfg.optim.betas) == pytest.approx([0.9, 1e-3])
 
 
-@pytest.mark.xfail(strict=True, reason="vislab bug: parse_overrides uses PyYAML (YAML 1.1), which reads "
-                   "'1e-1' as a string; typed schema keys coerce it, but open model.* options are "
-                   "then rejected by _check_model as 'must be a number'")
 def test_model_float_option_accepts_exponent_without_dot():
     cfg = load_config(None, ["model.dropout=1e-1"])
     assert cfg.model.dropout == pytest.approx(0.1)

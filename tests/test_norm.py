@@ -198,6 +198,15 @@ def test_frozen_bn_convert_bare_bn_returns_frozen_copy():
         torch.testing.assert_close(frozen(x), bn(x), rtol=1e-5, atol=1e-5)
 
 
+def test_frozen_bn_convert_keeps_dtype_of_statistics():
+    bn = _random_bn(4, seed=9).double()
+    with torch.no_grad():
+        bn.running_var.add_(1e-12)  # not representable in float32 relative to ~1
+    frozen = FrozenBatchNorm2d.convert(bn)
+    assert frozen.running_var.dtype == torch.float64
+    assert torch.equal(frozen.running_var, bn.running_var)
+
+
 # ---------------------------------------------------------------------------------------------
 # LayerNorm2d
 # ---------------------------------------------------------------------------------------------

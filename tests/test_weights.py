@@ -115,9 +115,6 @@ def test_missing_num_batches_tracked_is_not_reported():
     assert load_state_dict(model, state).ok
 
 
-@pytest.mark.xfail(strict=True, reason="vislab bug: check_state_dict ignores num_batches_tracked only on the "
-                   "missing side, so BN weights (which carry it) are rejected as 'unexpected' by a "
-                   "FrozenBN model, although FrozenBatchNorm2d itself accepts and drops the key")
 def test_bn_weights_load_into_frozen_bn_model(tmp_path):
     bn_model = vislab.create_model("resnet18", num_classes=10, width=0.25)
     _randomize_bn(bn_model, seed=5)

@@ -92,8 +92,10 @@ def _decode(value: str) -> Any:
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadReport:
     own = model.state_dict()
     report = LoadReport()
-    report.missing = sorted(k for k in own if k not in state_dict and not k.endswith("num_batches_tracked"))
-    report.unexpected = sorted(k for k in state_dict if k not in own)
+    # BatchNorm's step counter is neither needed by FrozenBN nor required from other codebases
+    counter = "num_batches_tracked"
+    report.missing = sorted(k for k in own if k not in state_dict and not k.endswith(counter))
+    report.unexpected = sorted(k for k in state_dict if k not in own and not k.endswith(counter))
     report.mismatched = sorted(
         f"{k} (file {tuple(v.shape)} vs model {tuple(own[k].shape)})"
         for k, v in state_dict.items() if k in own and own[k].shape != v.shape

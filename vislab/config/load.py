@@ -99,6 +99,16 @@ def _check_keys(data: dict[str, Any], source: str) -> None:
             raise _unknown_key_error(key, valid, source)
 
 
+def _number_or_self(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; read such strings as numbers."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     """Turn ``["optim.lr=0.1", "model.norm=GN"]`` into a nested dict, values parsed as YAML."""
     nested: dict[str, Any] = {}
@@ -107,7 +117,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         try:
-            value = yaml.safe_load(raw) if raw else None
+            value = _number_or_self(yaml.safe_load(raw)) if raw else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: cannot parse value {raw!r}: {exc}") from exc
         node = nested
@@ -138,6 +148,8 @@ def _check_model(cfg: DictConfig) -> None:
             valid = [f"model.{k}" for k in params if k != "num_classes"]
             raise _unknown_key_error(f"model.{key}", valid, f"model {model.name}'s options")
         default = params[key].default
+        if isinstance(default, (int, float)) and isinstance(value, str):
+            value = model[key] = _number_or_self(value)
         if isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"model.{key} must be true or false, got {value!r}")
         if isinstance(default, (int, float)) and not isinstance(default, bool):

@@ -48,7 +48,8 @@ class FrozenBatchNorm2d(nn.Module):
     def convert(cls, module: nn.Module) -> nn.Module:
         """Return ``module`` with every BatchNorm replaced by a frozen copy of its statistics."""
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            frozen = cls(module.num_features, eps=module.eps)
+            reference = module.running_mean if module.track_running_stats else module.weight
+            frozen = cls(module.num_features, eps=module.eps).to(device=reference.device, dtype=reference.dtype)
             if module.affine:
                 frozen.weight.copy_(module.weight.detach())
                 frozen.bias.copy_(module.bias.detach())

@@ -123,3 +123,18 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
     if "model" in metadata:
         source += f" (model {metadata['model']})"
     return load_state_dict(model, state_dict, strict=strict, source=source)
+
+
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Initialise every parameter of ``model`` but its classifier head (``head.*``) from
+    ``path``, as transfer learning does; the file's own head is left out. Any other key that
+    does not fit is an error naming it."""
+    state_dict, _ = read_weights(path)
+    backbone_state = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+    report = check_state_dict(model, backbone_state)
+    report.missing = [k for k in report.missing if not k.startswith("head.")]
+    if not report.ok:
+        raise WeightsError(f"pretrained weights {path} do not fit the backbone of "
+                           f"{type(model).__name__}: {report.describe()}")
+    model.load_state_dict(backbone_state, strict=False)
+    return report

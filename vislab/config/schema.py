@@ -19,13 +19,20 @@ class DataConfig:
     image_size: int = 224  # side of the square crop fed to the model
     val_resize: Optional[int] = None  # shorter side before the centre crop (image_size / 0.875)
     crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized crop area
+    train_resize: Optional[int] = None  # set: resize to this square, then random-crop image_size (BiT)
     hflip: bool = True
+    randaugment_magnitude: Optional[int] = None  # RandAugment (Cubuk et al., 2020); None: off
+    randaugment_ops: int = 2
+    random_erasing: float = 0.0  # probability (Zhong et al., 2020)
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of image pairs (Zhang et al., 2018); 0: off
+    cutmix_alpha: float = 0.0  # CutMix (Yun et al., 2019); 0: off; with both on, one is chosen per batch
+    examples_per_class: Optional[int] = None  # few-shot: a fixed K training images per class
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     batch_size: int = 32  # per process
     num_workers: int = 2
     skip_bad: bool = False  # skip (and count) unreadable images instead of stopping
-    max_train_samples: Optional[int] = None  # a fixed, seeded subset of the training set
+    max_train_samples: Optional[int] = None  # a fixed subset of the training set (nested across sizes)
     max_val_samples: Optional[int] = None
 
 
@@ -33,6 +40,8 @@ class DataConfig:
 class OptimConfig:
     name: str = "sgd"  # sgd | adamw
     lr: float = 0.1
+    base_lr: Optional[float] = None  # set: lr = base_lr * global batch / 256 (Goyal et al., 2017)
+    layer_decay: Optional[float] = None  # layer-wise lr decay (BEiT, MAE): lr * decay^(depth - layer)
     momentum: float = 0.9
     nesterov: bool = False
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -45,8 +54,10 @@ class OptimConfig:
 class ScheduleConfig:
     name: str = "cosine"  # cosine | step | constant
     warmup_epochs: float = 0.0
+    warmup_steps: Optional[int] = None  # set: overrides warmup_epochs
     warmup_factor: float = 0.001  # lr multiplier at step 0, rising linearly to 1
     milestones: List[float] = field(default_factory=list)  # step: epochs at which lr *= gamma
+    milestone_steps: List[int] = field(default_factory=list)  # step: the same in optimizer steps
     gamma: float = 0.1
     min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of the peak
 
@@ -54,6 +65,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 90
+    steps: Optional[int] = None  # set: train this many optimizer steps instead of whole epochs
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Optional[bool] = None  # None: on for CUDA, off on CPU
@@ -61,6 +73,7 @@ class TrainConfig:
     clip_grad_norm: Optional[float] = None
     accumulate_steps: int = 1
     label_smoothing: float = 0.0
+    ema_decay: Optional[float] = None  # keep and evaluate an exponential moving average of weights
     eval_every: int = 1  # epochs
     log_every: int = 20  # steps
     checkpoint_every: int = 1  # epochs
@@ -75,6 +88,8 @@ class Config:
     output_dir: Optional[str] = None  # default: runs/<recipe name>/<timestamp>
     resume: Any = False  # true: latest checkpoint of output_dir (or newest run); or a checkpoint path
     weights: Optional[str] = None  # initialise (train) or evaluate (eval) these model weights
+    pretrained: Optional[str] = None  # initialise the backbone only (head left out): transfer learning
+    bit_hyperrule: bool = False  # BiT-HyperRule: schedule, resolution and mixup from the data
     model: Dict[str, Any] = field(default_factory=lambda: {"name": "resnet18"})
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -12,6 +12,10 @@ from typing import Callable
 import torch
 
 from vislab.convert.torchvision import torchvision_resnet
+from vislab.convert.timm_convnext import timm_convnext
+from vislab.convert.timm_resnetv2 import timm_resnetv2
+from vislab.convert.timm_vit import timm_vit
+from vislab.convert.timm_mvitv2 import timm_mvitv2
 from vislab.models.registry import create_model, get_entry
 from vislab.weights import WeightsError, load_state_dict, read_weights, save_weights
 
@@ -19,6 +23,10 @@ Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 CONVERTERS: dict[tuple[str, str], Converter] = {
     ("torchvision", "resnet"): torchvision_resnet,
+    ("timm", "convnext"): timm_convnext,
+    ("timm", "resnetv2"): timm_resnetv2,
+    ("timm", "vit"): timm_vit,
+    ("timm", "mvitv2"): timm_mvitv2,
 }
 
 

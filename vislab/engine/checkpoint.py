@@ -21,6 +21,7 @@ from vislab.utils.files import atomic_write_text
 from vislab.weights import WeightsError, read_weights, save_weights
 
 MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.pt"
 LAST = "last"
 BEST = "best"
@@ -60,6 +61,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     metadata: dict[str, Any]
     state: dict[str, Any]
+    ema: dict[str, torch.Tensor] | None = None
 
 
 class CheckpointDir:
@@ -69,12 +71,17 @@ class CheckpointDir:
         self.root = Path(root)
 
     def save(self, name: str, *, model_state: dict[str, torch.Tensor], metadata: dict[str, Any],
-             trainer_state: dict[str, Any]) -> Path:
+             trainer_state: dict[str, Any],
+             extra_weights: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+        """Write a checkpoint folder; ``extra_weights`` maps file names (e.g. ``ema.safetensors``)
+        to further state dicts saved beside the model with the same metadata."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
         tmp.chmod(0o755)
         try:
             save_weights(model_state, tmp / MODEL_FILE, metadata=metadata)
+            for file_name, weights in (extra_weights or {}).items():
+                save_weights(weights, tmp / file_name, metadata=metadata)
             torch.save(trainer_state, tmp / STATE_FILE)
             final = self.root / name
             if final.exists():
@@ -142,10 +149,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     folder = resolve_checkpoint(path)
     try:
         model, metadata = read_weights(folder / MODEL_FILE)
+        ema = read_weights(folder / EMA_FILE)[0] if (folder / EMA_FILE).is_file() else None
     except WeightsError as exc:
         raise CheckpointError(str(exc)) from exc
     try:
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, unpickling refusal, ...
         raise CheckpointError(f"trainer state {folder / STATE_FILE} is corrupt or truncated: {exc}") from exc
-    return Checkpoint(path=folder, model=model, metadata=metadata, state=state)
+    return Checkpoint(path=folder, model=model, metadata=metadata, state=state, ema=ema)

@@ -72,10 +72,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(plan, Exception):
             raise plan
         run_dir, resume_from = plan
+        task = build_task(cfg)
+        cfg = task.cfg  # a task may fill in data-dependent settings (BiT-HyperRule)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-        trainer = Trainer(cfg, build_task(cfg), run_dir=run_dir, device=device, dist=dist)
+        trainer = Trainer(cfg, task, run_dir=run_dir, device=device, dist=dist)
         if resume_from is not None:
             trainer.resume_from(resume_from)
         summary = trainer.fit()

@@ -8,6 +8,7 @@ checkpoint save/resume. Evaluation, checkpoint timing, logging and progress are 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from vislab.config import to_yaml
 from vislab.engine import checkpoint as ckpt
 from vislab.engine.distributed import DistInfo, all_reduce_sum, barrier
+from vislab.engine.ema import build_ema
 from vislab.engine.hooks import CheckpointHook, CurvesHook, EvalHook, Hook, MetricsWriter, ProgressHook
 from vislab.engine.optim import build_optimizer
 from vislab.engine.schedule import LRSchedule, apply_lr
@@ -70,19 +72,23 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"one epoch has {self.train_sampler.batches_per_epoch} batches, fewer than "
                              f"train.accumulate_steps={train.accumulate_steps}")
-        self.max_epochs = train.epochs
-        self.total_steps = self.steps_per_epoch * self.max_epochs
+        self.total_steps = train.steps if train.steps is not None else self.steps_per_epoch * train.epochs
+        self.max_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
         o = cfg.optim
-        self.optimizer = build_optimizer(model, name=o.name, lr=o.lr, weight_decay=o.weight_decay,
+        global_batch = cfg.data.batch_size * dist.world_size * train.accumulate_steps
+        self.peak_lr = o.base_lr * global_batch / 256 if o.base_lr is not None else o.lr
+        self.optimizer = build_optimizer(model, name=o.name, lr=self.peak_lr, weight_decay=o.weight_decay,
                                          decay_norm_and_bias=o.decay_norm_and_bias, momentum=o.momentum,
-                                         nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps)
+                                         nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
+                                         layer_decay=o.layer_decay)
         s = cfg.schedule
+        warmup = s.warmup_steps if s.warmup_steps is not None else int(round(s.warmup_epochs * self.steps_per_epoch))
         self.schedule = LRSchedule(
-            name=s.name, total_steps=self.total_steps,
-            warmup_steps=int(round(s.warmup_epochs * self.steps_per_epoch)),
+            name=s.name, total_steps=self.total_steps, warmup_steps=warmup,
             warmup_factor=s.warmup_factor, gamma=s.gamma, min_lr_ratio=s.min_lr_ratio,
-            milestones=[int(round(m * self.steps_per_epoch)) for m in s.milestones])
+            milestones=sorted([int(round(m * self.steps_per_epoch)) for m in s.milestones] + list(s.milestone_steps)))
+        self.ema = build_ema(model, decay=train.ema_decay) if train.ema_decay is not None else None
 
         self.amp = train.amp if train.amp is not None else device.type == "cuda"
         if self.amp and train.amp_dtype == "fp16" and device.type != "cuda":
@@ -148,8 +154,8 @@ class Trainer:
         batches = iter(self.train_loader)
         window = torch.zeros(4, dtype=torch.float64)  # loss sum, loss count, images, skipped
         window_start = time.perf_counter()
-        for _ in range(self.steps_per_epoch):
-            lr = apply_lr(self.optimizer, base_lr=self.cfg.optim.lr, factor=self.schedule(self.step))
+        for _ in range(min(self.steps_per_epoch, self.total_steps - self.step)):
+            lr = apply_lr(self.optimizer, base_lr=self.peak_lr, factor=self.schedule(self.step))
             for micro in range(accumulate):
                 batch = next(batches)
                 sync = (self.model.no_sync() if isinstance(self.model, DistributedDataParallel)
@@ -170,6 +176,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model_without_ddp)
             self.step += 1
             metrics: dict[str, float] = {}
             if self.step % train.log_every == 0 or self.step == self.total_steps:
@@ -193,10 +201,15 @@ class Trainer:
 
     # ---------------------------------------------------------------- evaluation
     def run_evaluation(self) -> dict[str, float]:
-        with autocast_context(self.device, enabled=self.amp, dtype=self.cfg.train.amp_dtype):
-            metrics = self.task.evaluate(self.model_without_ddp, self.val_loader, device=self.device,
-                                         dist=self.dist)
-        record = {f"val/{k}": v for k, v in metrics.items()}
+        """Evaluate the weights (``val/*``) and, if kept, their moving average (``val_ema/*``)."""
+        models = {"val": self.model_without_ddp}
+        if self.ema is not None:
+            models["val_ema"] = self.ema.module
+        record = {}
+        for prefix, model in models.items():
+            with autocast_context(self.device, enabled=self.amp, dtype=self.cfg.train.amp_dtype):
+                metrics = self.task.evaluate(model, self.val_loader, device=self.device, dist=self.dist)
+            record.update({f"{prefix}/{k}": v for k, v in metrics.items()})
         self.last_eval = {"epoch": self.epoch, **record}
         key = f"val/{self.task.primary_metric}"
         self._new_best = self.best is None or record[key] > self.best["value"]
@@ -204,7 +217,7 @@ class Trainer:
             self.best = {"metric": key, "value": record[key], "epoch": self.epoch}
         if self.dist.is_main:
             self.writer.write({"step": self.step, "epoch": float(self.epoch), **record})
-        return metrics
+        return record
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, *, keep_last: int) -> None:
@@ -216,8 +229,12 @@ class Trainer:
             state = {"epoch": self.epoch, "step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(), "best": self.best,
                      "config": to_yaml(self.cfg)}
+            extra = {}
+            if self.ema is not None:
+                extra[ckpt.EMA_FILE] = self.ema.module.state_dict()
+                state["ema_updates"] = self.ema.n_averaged
             self.checkpoints.save(name, model_state=self.model_without_ddp.state_dict(),
-                                  metadata=metadata, trainer_state=state)
+                                  metadata=metadata, trainer_state=state, extra_weights=extra)
             if self._new_best and self.last_eval and self.last_eval["epoch"] == self.epoch:
                 self.checkpoints.mark_best(name)
             self.checkpoints.prune(keep_last=keep_last)
@@ -231,6 +248,12 @@ class Trainer:
         except WeightsError as exc:
             raise ckpt.CheckpointError(str(exc)) from None
         state = loaded.state
+        if self.ema is not None:
+            if loaded.ema is None:
+                raise ckpt.CheckpointError(f"train.ema_decay is set but checkpoint {loaded.path} "
+                                           f"has no {ckpt.EMA_FILE}")
+            self.ema.module.load_state_dict(loaded.ema)
+            self.ema.n_averaged.copy_(state["ema_updates"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]

@@ -22,11 +22,15 @@ class ClassifierHead(nn.Module):
 
 
 class ImageClassifier(nn.Module):
-    def __init__(self, backbone: nn.Module, *, num_classes: int, dropout: float = 0.0):
+    def __init__(self, backbone: nn.Module, *, num_classes: int, dropout: float = 0.0,
+                 zero_init_head: bool = False):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
         self.head = ClassifierHead(backbone.num_features, num_classes, dropout=dropout)
+        if zero_init_head:  # BiT-HyperRule (Kolesnikov et al., 2020, section 3.3)
+            nn.init.zeros_(self.head.fc.weight)
+            nn.init.zeros_(self.head.fc.bias)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.backbone.forward_features(x)

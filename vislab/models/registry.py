@@ -9,6 +9,10 @@ from torch import nn
 
 from vislab.models.registry_types import ModelEntry
 from vislab.models.zoo import resnet
+from vislab.models.zoo import convnext
+from vislab.models.zoo import resnetv2
+from vislab.models.zoo import vit
+from vislab.models.zoo import mvitv2
 
 class UnknownModelError(KeyError):
     """A model name that is not in the registry."""
@@ -17,7 +21,7 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (*resnet.ENTRIES,)}
+MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (*resnet.ENTRIES, *convnext.ENTRIES, *resnetv2.ENTRIES, *vit.ENTRIES, *mvitv2.ENTRIES,)}
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -5,7 +5,7 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, Subset
@@ -16,11 +16,13 @@ from vislab.data.datasets.image_folder import ImageFolderDataset
 from vislab.data.loader import build_loader, collate_classification
 from vislab.data.sampler import SeededSamples, ShardSampler, TrainSampler
 from vislab.data.transforms.classification import train_transform, val_transform
+from vislab.data.transforms.mixing import BatchMixing
 from vislab.engine.distributed import DistInfo, all_reduce_sum
 from vislab.evaluation.classification import TopKAccumulator
-from vislab.models import create_model
 from vislab.engine.checkpoint import resolve_weights
-from vislab.weights import load_weights
+from vislab.models import create_model
+from vislab.tasks.bit_hyperrule import hyperrule
+from vislab.weights import load_backbone_weights, load_weights
 
 
 def build_dataset(cfg: DictConfig, split: str) -> Dataset:
@@ -31,15 +33,48 @@ def build_dataset(cfg: DictConfig, split: str) -> Dataset:
     return ImageFolderDataset(Path(data.root) / folder, skip_bad=data.skip_bad)
 
 
+def _fixed_order(n: int) -> list[int]:
+    """One permutation of the dataset, the same in every run, that subsets are cut from."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def _subset(dataset: Dataset, indices: list[int]) -> Dataset:
+    subset = Subset(dataset, sorted(indices))
+    subset.classes = dataset.classes
+    subset.labels = [dataset.labels[i] for i in subset.indices]
+    return subset
+
+
 def limit(dataset: Dataset, max_samples: int | None) -> Dataset:
-    """A fixed subset of ``max_samples``: the first of one seeded permutation, so a smaller
+    """A fixed subset of ``max_samples``: the first of one fixed permutation, so a smaller
     subset is always contained in a larger one (as data-scaling studies need)."""
     if max_samples is None or max_samples >= len(dataset):
         return dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_samples]
-    subset = Subset(dataset, sorted(order.tolist()))
-    subset.classes = dataset.classes
-    return subset
+    return _subset(dataset, _fixed_order(len(dataset))[:max_samples])
+
+
+def few_shot(dataset: Dataset, examples_per_class: int | None) -> Dataset:
+    """The first ``examples_per_class`` images of each class in one fixed permutation."""
+    if examples_per_class is None:
+        return dataset
+    chosen: dict[int, list[int]] = {}
+    for index in _fixed_order(len(dataset)):
+        picks = chosen.setdefault(dataset.labels[index], [])
+        if len(picks) < examples_per_class:
+            picks.append(index)
+    short = {dataset.classes[c]: len(p) for c, p in chosen.items() if len(p) < examples_per_class}
+    if short:
+        raise ValueError(f"data.examples_per_class={examples_per_class}, but some classes have "
+                         f"fewer training images: {short}")
+    return _subset(dataset, [i for picks in chosen.values() for i in picks])
+
+
+def typical_image_area(dataset: Dataset, *, probes: int = 8) -> int:
+    """The median pixel count of a few training images (BiT-HyperRule's resolution rule)."""
+    step = max(1, len(dataset) // probes)
+    sizes = [dataset[i][0].size for i in range(0, len(dataset), step)[:probes]]
+    areas = sorted(w * h for w, h in sizes)
+    return areas[len(areas) // 2]
 
 
 class ClassificationTask:
@@ -47,10 +82,18 @@ class ClassificationTask:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        if cfg.bit_hyperrule:
+            rule = hyperrule(num_examples=len(self.train_set), image_area=typical_image_area(self.train_set))
+            self.cfg = OmegaConf.merge(cfg, rule)
+        d = self.cfg.data
+        self.mixing = (BatchMixing(num_classes=self.num_classes, mixup_alpha=d.mixup_alpha,
+                                   cutmix_alpha=d.cutmix_alpha)
+                       if d.mixup_alpha > 0 or d.cutmix_alpha > 0 else None)
 
     @cached_property
     def train_set(self) -> Dataset:
-        return limit(build_dataset(self.cfg, "train"), self.cfg.data.max_train_samples)
+        data = self.cfg.data
+        return few_shot(limit(build_dataset(self.cfg, "train"), data.max_train_samples), data.examples_per_class)
 
     @cached_property
     def val_set(self) -> Dataset:
@@ -66,6 +109,8 @@ class ClassificationTask:
 
     def build_model(self) -> nn.Module:
         model = create_model(self.cfg.model.name, num_classes=self.num_classes, **model_kwargs(self.cfg))
+        if self.cfg.pretrained:
+            load_backbone_weights(model, resolve_weights(self.cfg.pretrained))
         if self.cfg.weights:
             load_weights(model, resolve_weights(self.cfg.weights))
         return model
@@ -80,7 +125,9 @@ class ClassificationTask:
     def build_train_loader(self, dist: DistInfo):
         d = self.cfg.data
         transform = train_transform(image_size=d.image_size, crop_scale=d.crop_scale, hflip=d.hflip,
-                                    mean=d.mean, std=d.std)
+                                    mean=d.mean, std=d.std, train_resize=d.train_resize,
+                                    randaugment_magnitude=d.randaugment_magnitude,
+                                    randaugment_ops=d.randaugment_ops, random_erasing=d.random_erasing)
         sampler = TrainSampler(len(self.train_set), batch_size=d.batch_size, seed=self.cfg.train.seed,
                                rank=dist.rank, world_size=dist.world_size)
         loader = build_loader(SeededSamples(self.train_set, transform), sampler, batch_size=d.batch_size,
@@ -96,13 +143,17 @@ class ClassificationTask:
                             collate_fn=collate_classification, pin_memory=torch.cuda.is_available())
 
     def train_step(self, model: nn.Module, batch: dict, device: torch.device):
-        """Mean cross-entropy (with label smoothing) of the batch, and its image count."""
+        """Mean cross-entropy (label smoothing; soft targets under mixup/CutMix) of the batch,
+        and its image count."""
         labels = batch["labels"].to(device, non_blocking=True)
         if labels.numel() == 0:
             return None, 0
         images = self._to_device(batch["images"], device)
+        targets = labels
+        if self.mixing is not None:
+            images, targets = self.mixing(images, labels)
         logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.train.label_smoothing)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.cfg.train.label_smoothing)
         return loss, labels.numel()
 
     def _to_device(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:

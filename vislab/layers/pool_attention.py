@@ -1,0 +1,179 @@
+"""Multi-head pooling attention (MViT, Fan et al., 2021, section 3.1) with MViTv2's decomposed
+relative position embedding and residual pooling connection (Li et al., 2022, section 4.1).
+
+Tokens are ``(B, heads, N, C)`` laid out row-major on a grid ``thw``: ``(H, W)`` for images,
+``(T, H, W)`` for video. Queries, keys and values are each pooled on that grid before attending,
+so the output has the (usually coarser) query grid. The pieces are small functions so that the
+video MViT can reuse them with a temporal axis:
+
+- ``pool_tokens`` reshapes tokens to a grid, applies a pooling op and flattens back;
+- ``relative_positions`` looks up the embeddings of every query-key offset along one axis;
+- ``decomposed_rel_pos_bias`` sums them over the axes into an additive attention bias.
+
+The parameter layout (``qkv``, ``proj``, ``rel_pos_h``/``rel_pos_w``) and the arithmetic are
+those of the official MViTv2 code and timm's ``mvitv2.py``; pooling is "conv" pooling (a
+depthwise convolution and LayerNorm per head, shared across heads), kept as ``pool_q.conv`` and
+``pool_q.norm`` here.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Grid = tuple[int, ...]
+AXIS_NAMES = ("t", "h", "w")
+CONVOLUTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def pool_tokens(x: torch.Tensor, thw: Sequence[int], pool: nn.Module) -> tuple[torch.Tensor, Grid]:
+    """Apply ``pool`` (a module on ``(B * heads, C, *thw)`` maps) to tokens ``(B, heads, N, C)``
+    on grid ``thw``; returns the pooled tokens ``(B, heads, N', C)`` and their grid."""
+    batch, heads, _, channels = x.shape
+    grid = x.reshape(batch * heads, *thw, channels).movedim(-1, 1)
+    grid = pool(grid)
+    pooled_thw = tuple(grid.shape[2:])
+    tokens = grid.flatten(2).transpose(1, 2).reshape(batch, heads, -1, channels)
+    return tokens, pooled_thw
+
+
+def needs_pooling(kernel: Sequence[int], stride: Sequence[int]) -> bool:
+    """A 1x1 kernel with stride 1 leaves tokens as they are, so no pooling layer is built."""
+    return math.prod(kernel) > 1 or math.prod(stride) > 1
+
+
+class TokenPool(nn.Module):
+    """The pooling operator P(.; Theta) of MViT section 3.1 in its "conv" form, the one MViTv2
+    uses: a depthwise strided convolution with 'same' padding over each head's channels, then
+    LayerNorm over those channels."""
+
+    def __init__(self, channels: int, *, kernel: Sequence[int], stride: Sequence[int], eps: float):
+        super().__init__()
+        self.conv = CONVOLUTIONS[len(kernel)](channels, channels, tuple(kernel), stride=tuple(stride),
+                                              padding=tuple(k // 2 for k in kernel), groups=channels,
+                                              bias=False)
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor, thw: Sequence[int]) -> tuple[torch.Tensor, Grid]:
+        x, thw = pool_tokens(x, thw, self.conv)
+        return self.norm(x), thw
+
+
+def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Linearly resample a ``(L, C)`` relative-position table to ``length`` rows (the official
+    MViTv2/ViTDet ``get_rel_pos``; timm does the same when loading weights for another size)."""
+    if table.shape[0] == length:
+        return table
+    resized = F.interpolate(table.transpose(0, 1).unsqueeze(0), size=length, mode="linear")
+    return resized[0].transpose(0, 1)
+
+
+def relative_positions(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
+    """The ``(q_size, k_size, C)`` embeddings of each query-key offset along one axis.
+
+    When queries and keys have different resolutions (pooled with different strides), positions
+    are compared on the finer grid: the coarser side is scaled by the size ratio (the official
+    MViTv2 code). The offset is shifted to start at 0 and indexes ``table``, which is resampled
+    to ``2 * max(q_size, k_size) - 1`` rows when the grid differs from the one it was built for.
+    """
+    table = resize_rel_pos(table, 2 * max(q_size, k_size) - 1)
+    q_ratio = max(k_size / q_size, 1.0)
+    k_ratio = max(q_size / k_size, 1.0)
+    q_coords = torch.arange(q_size, device=table.device)[:, None] * q_ratio
+    k_coords = torch.arange(k_size, device=table.device)[None, :] * k_ratio
+    offsets = q_coords - k_coords + (k_size - 1) * k_ratio
+    return table[offsets.long()]
+
+
+def decomposed_rel_pos_bias(q: torch.Tensor, q_thw: Sequence[int], k_thw: Sequence[int],
+                            tables: Sequence[torch.Tensor]) -> torch.Tensor:
+    """MViTv2 section 4.1, eqs. (2)-(3): the attention bias
+    ``bias[i, j] = q_i . (R_t[t(i), t(j)] + R_h[h(i), h(j)] + R_w[w(i), w(j)])``, one table per
+    grid axis, as ``(B, heads, N_q, N_k)``. Each axis costs one small product of the queries
+    with that axis's ``(q_size, k_size, C)`` embeddings instead of one per query-key pair.
+
+    As in the official code, the bias uses the unscaled queries and is added after the logits
+    are scaled by ``1 / sqrt(head_dim)`` (the paper's equation puts it inside the scaling).
+    """
+    batch, heads, _, channels = q.shape
+    ndim = len(q_thw)
+    q_axes = "xyz"[:ndim]
+    q_grid = q.reshape(batch, heads, *q_thw, channels)
+    bias = q.new_zeros(batch, heads, *q_thw, *k_thw)
+    for axis, table in enumerate(tables):
+        rel = relative_positions(table, q_thw[axis], k_thw[axis])
+        term = torch.einsum(f"bn{q_axes}c,{q_axes[axis]}kc->bn{q_axes}k", q_grid, rel)
+        key_shape = [k_thw[a] if a == axis else 1 for a in range(ndim)]
+        bias = bias + term.reshape(batch, heads, *q_thw, *key_shape)
+    return bias.reshape(batch, heads, math.prod(q_thw), math.prod(k_thw))
+
+
+class PoolingAttention(nn.Module):
+    """Multi-head pooling attention from ``dim`` to ``dim_out`` channels.
+
+    Args:
+        num_heads: heads of ``dim_out // num_heads`` channels; pooling and relative positions
+            work per head with weights shared across heads.
+        input_size: the token grid this layer sees at the design image size; it fixes the
+            relative-position table lengths (other grids resample them).
+        q_stride, kv_stride, pool_kernel: per-axis pooling strides and kernel; ``q_stride``
+            sets the output grid, ``kv_stride`` shrinks keys and values (MViT section 3.1).
+        residual_pooling: add the pooled queries to the attention output (MViTv2 eq. (4)).
+        rel_pos: decomposed relative position embeddings (MViTv2 section 4.1, eqs. (2)-(3)).
+        qkv_bias: learned bias on queries, keys and values.
+        eps: the pooling LayerNorms' epsilon.
+    """
+
+    def __init__(self, dim: int, dim_out: int, *, num_heads: int, input_size: Sequence[int],
+                 q_stride: Sequence[int], kv_stride: Sequence[int], pool_kernel: Sequence[int],
+                 residual_pooling: bool = True, rel_pos: bool = True, qkv_bias: bool = True,
+                 eps: float = 1e-6):
+        super().__init__()
+        if dim_out % num_heads != 0:
+            raise ValueError(f"attention width {dim_out} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.dim_out = dim_out
+        self.head_dim = dim_out // num_heads
+        self.residual_pooling = residual_pooling
+        self.qkv = nn.Linear(dim, 3 * dim_out, bias=qkv_bias)
+        self.proj = nn.Linear(dim_out, dim_out)
+        self.pool_q = self._token_pool(pool_kernel, q_stride, eps)
+        self.pool_k = self._token_pool(pool_kernel, kv_stride, eps)
+        self.pool_v = self._token_pool(pool_kernel, kv_stride, eps)
+        self.rel_pos_axes = AXIS_NAMES[-len(input_size):] if rel_pos else ()
+        for axis, size, qs, kvs in zip(self.rel_pos_axes, input_size, q_stride, kv_stride):
+            length = 2 * max(size // qs, size // kvs) - 1
+            table = nn.Parameter(torch.empty(length, self.head_dim))
+            nn.init.trunc_normal_(table, std=0.02, a=-0.04, b=0.04)
+            self.register_parameter(f"rel_pos_{axis}", table)
+
+    def _token_pool(self, kernel: Sequence[int], stride: Sequence[int], eps: float) -> TokenPool | None:
+        if not needs_pooling(kernel, stride):
+            return None
+        return TokenPool(self.head_dim, kernel=kernel, stride=stride, eps=eps)
+
+    @property
+    def rel_pos_tables(self) -> list[torch.Tensor]:
+        return [getattr(self, f"rel_pos_{axis}") for axis in self.rel_pos_axes]
+
+    def forward(self, x: torch.Tensor, thw: Sequence[int]) -> tuple[torch.Tensor, Grid]:
+        """``x`` is ``(B, N, dim)`` on grid ``thw``; returns ``(B, N_q, dim_out)`` and the query grid."""
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, q_thw = _pool(self.pool_q, q, thw)
+        k, k_thw = _pool(self.pool_k, k, thw)
+        v, _ = _pool(self.pool_v, v, thw)
+        bias = decomposed_rel_pos_bias(q, q_thw, k_thw, self.rel_pos_tables) if self.rel_pos_axes else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if self.residual_pooling:
+            out = out + q
+        out = out.transpose(1, 2).reshape(batch, -1, self.dim_out)
+        return self.proj(out), q_thw
+
+
+def _pool(pool: TokenPool | None, x: torch.Tensor, thw: Sequence[int]) -> tuple[torch.Tensor, Grid]:
+    return (x, tuple(thw)) if pool is None else pool(x, thw)

@@ -1,0 +1,48 @@
+"""Registry entries for Vision Transformer image classifiers (timm's reference counts)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from vislab.models.backbones.vit import VisionTransformer
+from vislab.models.classifier import ImageClassifier
+from vislab.models.registry_types import ModelEntry, Reference
+
+
+def vit_classifier(*, num_classes: int, patch_size: int, embed_dim: int, depth: int, num_heads: int,
+                   mlp_ratio: float = 4.0, qkv_bias: bool = True, class_token: bool = True,
+                   global_pool: str = "token", pos_embed: str = "learned",
+                   layer_scale_init: float | None = None, drop_path_rate: float = 0.0,
+                   img_size: int | Sequence[int] = 224, out_blocks: Sequence[int] = (),
+                   in_chans: int = 3, dropout: float = 0.0) -> ImageClassifier:
+    """A ViT trunk (see ``VisionTransformer``) with a linear classifier on its pooled vector."""
+    backbone = VisionTransformer(patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                                 num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                                 class_token=class_token, global_pool=global_pool, pos_embed=pos_embed,
+                                 layer_scale_init=layer_scale_init, drop_path_rate=drop_path_rate,
+                                 img_size=img_size, out_blocks=out_blocks, in_chans=in_chans)
+    return ImageClassifier(backbone, num_classes=num_classes, dropout=dropout)
+
+
+def _entry(name: str, *, timm_name: str, params: int, gmacs: float, **defaults) -> ModelEntry:
+    return ModelEntry(
+        name=name,
+        task="classification",
+        family="vit",
+        builder=vit_classifier,
+        defaults=defaults,
+        input_size=(3, 224, 224),
+        num_classes=1000,
+        reference=Reference(params=params, gmacs=gmacs, source=f"timm {timm_name}"),
+    )
+
+
+ENTRIES = (
+    _entry("vit_s16", timm_name="vit_small_patch16_224", params=22_050_664, gmacs=4.6,
+           patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    _entry("vit_b16", timm_name="vit_base_patch16_224", params=86_567_656, gmacs=17.56,
+           patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    _entry("vit_l16", timm_name="vit_large_patch16_224", params=304_326_632, gmacs=61.56,
+           patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    _entry("vit_h14", timm_name="vit_huge_patch14_224", params=632_045_800, gmacs=167.3,
+           patch_size=14, embed_dim=1280, depth=32, num_heads=16),
+)

@@ -9,6 +9,7 @@ import torch
 
 import vislab
 from vislab.convert import convert_file, convert_state_dict
+from vislab.engine.optim import param_groups
 from vislab.models.backbones.convnext import ConvNeXtBlock
 from vislab.models.complexity import count_params, on_meta
 from vislab.weights import WeightsError
@@ -139,18 +140,19 @@ def test_drop_path_rates_rise_linearly_over_all_blocks():
 
 
 def test_drop_path_active_in_train_and_identity_in_eval():
-    model = small_model(drop_path_rate=0.5)
+    # layer scale 1.0 so that every residual branch (and so dropping it) changes the output
+    model = small_model(drop_path_rate=0.5, layer_scale_init=1.0)
     x = torch.randn(4, 3, 32, 32)
     model.train()
     torch.manual_seed(3)
     first = model(x)
     torch.manual_seed(4)
     second = model(x)
-    assert not torch.allclose(first, second)
+    assert (first - second).abs().max() > 1e-2
     model.eval()
     with torch.no_grad():
         evaluated = model(x)
-        plain = small_model(drop_path_rate=0.0).eval()
+        plain = small_model(drop_path_rate=0.0, layer_scale_init=1.0).eval()
         plain.load_state_dict(model.state_dict())
         torch.testing.assert_close(evaluated, plain(x))
         torch.testing.assert_close(model(x), evaluated)
@@ -221,8 +223,10 @@ def official_prefix(name: str) -> str:
     """The official ConvNeXt's name for a vislab classifier parameter, as far as it decides
     the layer id (``downsample_layers.<stage>.``, ``stages.<stage>.<block>.``, else ``norm``)."""
     name = re.sub(r"^backbone\.stem\.", "downsample_layers.0.", name)
-    name = re.sub(r"^backbone\.stage(\d)\.downsample\.", lambda m: f"downsample_layers.{int(m.group(1)) - 1}.", name)
-    name = re.sub(r"^backbone\.stage(\d)\.blocks\.", lambda m: f"stages.{int(m.group(1)) - 1}.", name)
+    name = re.sub(r"^backbone\.stage(\d)\.downsample\.",
+                  lambda m: f"downsample_layers.{int(m.group(1)) - 1}.", name)
+    name = re.sub(r"^backbone\.stage(\d)\.blocks\.",
+                  lambda m: f"stages.{int(m.group(1)) - 1}.", name)
     return name.replace("backbone.pooled_norm.", "norm.")
 
 
@@ -253,3 +257,14 @@ def test_lr_layer_id_unknown_name_raises():
     with pytest.raises(ValueError, match="stage9"):
         model.backbone.lr_layer_id("stage9.blocks.0.gamma")
     assert model.backbone.no_weight_decay() == set()
+
+
+def test_layer_decay_param_groups_use_official_scales():
+    model = on_meta(lambda: vislab.create_model("convnext_small"))
+    groups = param_groups(model, weight_decay=0.05, decay_norm_and_bias=False, layer_decay=0.7)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    # official: layer_decay ** (num_layers + 1 - layer_id) with num_layers = 12
+    assert scale_of[id(model.backbone.stem.conv.weight)] == pytest.approx(0.7 ** 13)
+    assert scale_of[id(model.backbone.stage3.blocks[5].mlp.fc1.weight)] == pytest.approx(0.7 ** (13 - 4))
+    assert scale_of[id(model.backbone.stage4.blocks[0].gamma)] == pytest.approx(0.7)
+    assert scale_of[id(model.head.fc.weight)] == scale_of[id(model.backbone.pooled_norm.weight)] == 1.0

@@ -16,7 +16,9 @@ EXAMPLES = {
         torchrun --nproc_per_node=2 -m vislab train configs/quickstart/digits.yaml""",
     "eval": "vislab eval configs/quickstart/digits.yaml weights=runs/digits/20261128-101500",
     "predict": "vislab predict --weights runs/digits/20261128-101500 img1.png img2.jpg",
-    "models": "vislab models --json --task classification",
+    "models": """\
+        vislab models --json --task classification
+        vislab models --markdown > docs/model-zoo.md""",
     "flops": "vislab flops resnet50 --input 3x224x224",
     "convert": "vislab convert --from torchvision --model resnet50 resnet50-0676ba61.pth resnet50.safetensors",
 }
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("models", "List registered models with params, GMACs and reference figures.")
     p.add_argument("--json", action="store_true", help="one JSON object per model")
+    p.add_argument("--markdown", action="store_true", help="the docs/model-zoo.md page")
     p.add_argument("--task", help="only models of this task")
 
     p = add("flops", "Count parameters and GMACs (multiply-adds) of a model.")
@@ -60,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="vislab registry name")
     p.add_argument("src")
     p.add_argument("dst")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="model options of a non-default variant, e.g. global_pool=avg")
     return parser
 
 
@@ -120,6 +125,11 @@ def _cmd_predict(args) -> int:
 def _cmd_models(args) -> int:
     from vislab.models import list_models, model_info
 
+    if args.markdown:
+        from vislab.models.zoo_page import render_zoo_page
+
+        print(render_zoo_page(), end="")
+        return 0
     names = list_models(task=args.task)
     if not args.json:
         print(f"{'name':24} {'task':15} {'params':>12} {'GMACs':>8} {'ref GMACs':>9}  input")
@@ -149,8 +159,9 @@ def _cmd_flops(args) -> int:
     ref = info["reference"] or {}
     print(f"{info['name']}: {info['params']:,} params, {info['gmacs']:.3f} GMACs at "
           f"{'x'.join(map(str, info['input']))}"
-          + (f" (published: {ref['params']:,} params, {ref['gmacs']} GMACs at "
-             f"{'x'.join(map(str, get_entry(args.name).input_size))}, {get_entry(args.name).num_classes} classes)"
+          + (f" (published: {ref['params']:,} params"
+             + (f", {ref['gmacs']} GMACs" if ref.get("gmacs") else "")
+             + f" at {'x'.join(map(str, get_entry(args.name).input_size))}, {get_entry(args.name).num_classes} classes)"
              if ref.get("params") else ""))
     return 0
 
@@ -158,7 +169,10 @@ def _cmd_flops(args) -> int:
 def _cmd_convert(args) -> int:
     from vislab.convert import convert_file
 
-    report = convert_file(source=args.source, model_name=args.model, src=args.src, dst=args.dst)
+    from vislab.config import parse_overrides
+
+    report = convert_file(source=args.source, model_name=args.model, src=args.src, dst=args.dst,
+                          options=parse_overrides(args.overrides))
     print(f"wrote {args.dst}: {report}")
     return 0
 

@@ -53,7 +53,7 @@ def load_predictor(weights: str | Path, *, model_name: str | None = None) -> Pre
             raise WeightsError(f"{path} carries no model name; pass --model NAME")
         entry = get_entry(name)
         num_classes = int(metadata.get("num_classes", entry.num_classes))
-        model = create_model(name, num_classes=num_classes)
+        model = create_model(name, num_classes=num_classes, **metadata.get("options", {}))
         classes = [str(i) for i in range(num_classes)]
         transform = val_transform(image_size=entry.input_size[-1], resize=None, mean=IMAGENET_MEAN,
                                   std=IMAGENET_STD)

@@ -148,6 +148,8 @@ def _check_model(cfg: DictConfig) -> None:
             valid = [f"model.{k}" for k in params if k != "num_classes"]
             raise _unknown_key_error(f"model.{key}", valid, f"model {model.name}'s options")
         default = params[key].default
+        if value is None and "None" in str(params[key].annotation):
+            continue
         if isinstance(default, (int, float)) and isinstance(value, str):
             value = model[key] = _number_or_self(value)
         if isinstance(default, bool) and not isinstance(value, bool):

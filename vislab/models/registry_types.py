@@ -14,6 +14,7 @@ class Reference:
     params: int | None
     gmacs: float | None
     source: str
+    top1: float | None = None  # published ImageNet-1k top-1 (%), for the zoo page
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,34 @@
+"""``docs/model-zoo.md``, generated from the registry: `vislab models --markdown`."""
+from __future__ import annotations
+
+from vislab.models.info import model_info
+from vislab.models.registry import MODELS, list_models
+
+HEADER = """# Model zoo
+
+Generated from the registry by `vislab models --markdown > docs/model-zoo.md`; a test fails
+when this page is stale. Params and GMACs are measured (GMACs = multiply-adds per image at the
+input shown, attention included, counted by PyTorch's FlopCounterMode); the published figures
+are those each model is held to: params exactly, GMACs within 2%.
+"""
+
+
+def _fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def render_zoo_page() -> str:
+    lines = [HEADER]
+    for task in sorted({entry.task for entry in MODELS.values()}):
+        lines += [f"## {task}", "",
+                  "| model | family | input | params | GMACs | published params | published GMACs | published top-1 | source |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
+        for name in list_models(task=task):
+            info, entry = model_info(name), MODELS[name]
+            ref = entry.reference
+            lines.append(
+                f"| `{name}` | {entry.family} | {'x'.join(map(str, info['input']))} | {info['params']:,} | "
+                f"{info['gmacs']:.3f} | {_fmt(ref and ref.params, ',')} | {_fmt(ref and ref.gmacs, '')} | "
+                f"{_fmt(ref and ref.top1, '.1f')} | {ref.source if ref else ''} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -124,3 +124,10 @@ def test_bad_config_key_is_one_line_error(trained_run, capsys):
     assert "unknown config key 'optim.lrr'" in err and "optim.lr" in err and "Traceback" not in err
     assert main(["train", str(REPO / "configs" / "nope.yaml")]) == 1
     assert "nope.yaml does not exist" in capsys.readouterr().err
+
+
+def test_model_zoo_page_is_current():
+    from vislab.models.zoo_page import render_zoo_page
+
+    page = (REPO / "docs" / "model-zoo.md").read_text()
+    assert render_zoo_page() == page, "docs/model-zoo.md is stale: vislab models --markdown > docs/model-zoo.md"

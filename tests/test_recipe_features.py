@@ -171,3 +171,11 @@ def test_pretrained_initialises_backbone_but_not_head(tmp_path):
     wider = load_config(None, ["model.width=0.5", f"pretrained={path}"])
     with pytest.raises(WeightsError, match="mis-shaped"):
         ClassificationTask(wider).build_model()
+
+
+def test_hyperrule_leaves_explicit_settings_alone():
+    cfg = load_config(None, ["bit_hyperrule=true", "data.examples_per_class=10", "model.width=0.25",
+                             "data.image_size=32", "train.steps=50"])
+    task = ClassificationTask(cfg)
+    assert task.cfg.data.image_size == 32 and task.cfg.train.steps == 50
+    assert task.cfg.data.train_resize == 160 and task.cfg.schedule.warmup_steps == 100

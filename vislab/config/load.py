@@ -72,6 +72,7 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> Iterable[str]:
+    """The dotted keys a (nested) config layer sets; ``model.*`` keys stay one level deep."""
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if dotted == "model":
@@ -195,6 +196,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> DictC
         raise ConfigError(f"config key {key!r}: {str(exc).splitlines()[0]}") from None
     _check_model(cfg)
     _check_values(cfg)
+    cfg.explicit_keys = sorted({key for layer in layers for key in _flatten(layer)})
     if path is not None and cfg.recipe is None:
         cfg.recipe = Path(path).stem
     return cfg

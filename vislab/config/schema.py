@@ -95,6 +95,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    explicit_keys: List[str] = field(default_factory=list)  # set by recipes / command line (filled in)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {

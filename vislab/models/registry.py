@@ -8,11 +8,8 @@ from typing import Any
 from torch import nn
 
 from vislab.models.registry_types import ModelEntry
-from vislab.models.zoo import resnet
-from vislab.models.zoo import convnext
-from vislab.models.zoo import resnetv2
-from vislab.models.zoo import vit
-from vislab.models.zoo import mvitv2
+from vislab.models.zoo import convnext, mvitv2, resnet, resnetv2, vit
+
 
 class UnknownModelError(KeyError):
     """A model name that is not in the registry."""
@@ -21,7 +18,11 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (*resnet.ENTRIES, *convnext.ENTRIES, *resnetv2.ENTRIES, *vit.ENTRIES, *mvitv2.ENTRIES,)}
+MODELS: dict[str, ModelEntry] = {
+    entry.name: entry
+    for family in (resnet, resnetv2, vit, convnext, mvitv2)
+    for entry in family.ENTRIES
+}
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -30,3 +30,13 @@ class ModelEntry:
     input_size: tuple[int, ...] = (3, 224, 224)
     num_classes: int = 1000
     reference: Reference | None = None
+
+
+def imagenet_classifier_entry(name: str, *, family: str, builder: Callable[..., nn.Module],
+                              params: int | None, gmacs: float | None, source: str,
+                              top1: float | None = None, **defaults: Any) -> ModelEntry:
+    """The entry of an ImageNet-1k classifier measured at 224x224: ``defaults`` are the builder
+    arguments that make this variant, the rest are its published figures."""
+    return ModelEntry(name=name, task="classification", family=family, builder=builder,
+                      defaults=defaults, input_size=(3, 224, 224), num_classes=1000,
+                      reference=Reference(params=params, gmacs=gmacs, source=source, top1=top1))

@@ -30,3 +30,8 @@ def hyperrule(*, num_examples: int, image_area: int) -> dict[str, Any]:
         "data": {"train_resize": resize, "image_size": crop, "val_resize": crop,
                  "mixup_alpha": 0.0 if num_examples < SMALL_DATASET else 0.1},
     }
+
+
+def rule_items(rule: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The rule as ``(dotted key, value)`` pairs."""
+    return [(f"{section}.{key}", value) for section, values in rule.items() for key, value in values.items()]

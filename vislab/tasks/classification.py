@@ -21,7 +21,7 @@ from vislab.engine.distributed import DistInfo, all_reduce_sum
 from vislab.evaluation.classification import TopKAccumulator
 from vislab.engine.checkpoint import resolve_weights
 from vislab.models import create_model
-from vislab.tasks.bit_hyperrule import hyperrule
+from vislab.tasks.bit_hyperrule import hyperrule, rule_items
 from vislab.weights import load_backbone_weights, load_weights
 
 
@@ -82,9 +82,10 @@ class ClassificationTask:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        if cfg.bit_hyperrule:
+        if cfg.bit_hyperrule:  # the rule fills what the recipe and command line leave unset
             rule = hyperrule(num_examples=len(self.train_set), image_area=typical_image_area(self.train_set))
-            self.cfg = OmegaConf.merge(cfg, rule)
+            unset = {key: value for key, value in rule_items(rule) if key not in cfg.explicit_keys}
+            self.cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in unset.items()]))
         d = self.cfg.data
         self.mixing = (BatchMixing(num_classes=self.num_classes, mixup_alpha=d.mixup_alpha,
                                    cutmix_alpha=d.cutmix_alpha)

@@ -32,7 +32,7 @@ LAYER_NORM_EPS = 1e-6
 
 
 class MultiScaleBlock(nn.Module):
-    """Pre-norm block: ``x + attn(LN(x))`` then ``x + mlp(LN(x))`` (MViT section 3.1).
+    """Pre-norm block (MViT, Fan et al., 2021): ``x + attn(LN(x))`` then ``x + mlp(LN(x))``.
 
     A block that pools its queries max-pools its attention shortcut with the same stride (kernel
     stride + 1); a block that changes the width projects the shortcut of the branch that changes
@@ -109,12 +109,12 @@ class MViTv2(nn.Module):
         widths = [embed_dim * 2**i for i in range(len(depths))]
         rates = iter(drop_path_rates(drop_path_rate, sum(depths)))
         grid = (img_size // PATCH_STRIDE, img_size // PATCH_STRIDE)
-        dim, stride = embed_dim, PATCH_STRIDE
+        dim, stride, stage_kv_stride = embed_dim, PATCH_STRIDE, kv_stride
         self._shapes: dict[str, ShapeSpec] = {}
         self._first_block_ids: dict[str, int] = {}
         for index, (name, depth) in enumerate(zip(STAGE_NAMES, depths)):
             q_stride = 1 if index == 0 else Q_STRIDE
-            kv_stride = max(kv_stride // q_stride, 1)
+            stage_kv_stride = max(stage_kv_stride // q_stride, 1)
             stride *= q_stride
             stage_width = widths[index] if dim_mul_in_att else widths[min(index + 1, len(widths) - 1)]
             blocks = []
@@ -123,7 +123,7 @@ class MViTv2(nn.Module):
                 block_q_stride = q_stride if b == 0 else 1
                 blocks.append(MultiScaleBlock(
                     dim, dim_out, num_heads=num_heads * 2**index, input_size=grid,
-                    q_stride=block_q_stride, kv_stride=kv_stride, pool_kernel=pool_kernel,
+                    q_stride=block_q_stride, kv_stride=stage_kv_stride, pool_kernel=pool_kernel,
                     dim_mul_in_att=dim_mul_in_att, mlp_ratio=mlp_ratio,
                     residual_pooling=residual_pooling, rel_pos=rel_pos, drop_path=next(rates)))
                 grid = (grid[0] // block_q_stride, grid[1] // block_q_stride)

@@ -1,6 +1,7 @@
 """Registry entries for ConvNeXt image classifiers (the official repository's ImageNet-1k models)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -8,7 +9,7 @@ from torch import nn
 
 from vislab.models.backbones.convnext import ConvNeXt
 from vislab.models.classifier import ImageClassifier
-from vislab.models.registry_types import ModelEntry, Reference
+from vislab.models.registry_types import imagenet_classifier_entry
 
 
 def convnext_classifier(*, num_classes: int, depths: Sequence[int] = (3, 3, 9, 3),
@@ -33,24 +34,14 @@ def convnext_classifier(*, num_classes: int, depths: Sequence[int] = (3, 3, 9, 3
     return model
 
 
-def _entry(name: str, *, params: int, gmacs: float, **defaults) -> ModelEntry:
-    return ModelEntry(
-        name=name,
-        task="classification",
-        family="convnext",
-        builder=convnext_classifier,
-        defaults=defaults,
-        input_size=(3, 224, 224),
-        num_classes=1000,
-        reference=Reference(params=params, gmacs=gmacs,
-                            source="facebookresearch/ConvNeXt README; params as timm"),
-    )
+_entry = partial(imagenet_classifier_entry, family="convnext", builder=convnext_classifier,
+                 source="facebookresearch/ConvNeXt README; params as timm")
 
 
 ENTRIES = (
-    _entry("convnext_tiny", params=28_589_128, gmacs=4.5, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
-    _entry("convnext_small", params=50_223_688, gmacs=8.7, depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
-    _entry("convnext_base", params=88_591_464, gmacs=15.4, depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
-    _entry("convnext_large", params=197_767_336, gmacs=34.4, depths=(3, 3, 27, 3),
+    _entry("convnext_tiny", top1=82.1, params=28_589_128, gmacs=4.5, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
+    _entry("convnext_small", top1=83.1, params=50_223_688, gmacs=8.7, depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
+    _entry("convnext_base", top1=83.8, params=88_591_464, gmacs=15.4, depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
+    _entry("convnext_large", top1=84.3, params=197_767_336, gmacs=34.4, depths=(3, 3, 27, 3),
            dims=(192, 384, 768, 1536)),
 )

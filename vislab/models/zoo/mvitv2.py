@@ -1,11 +1,12 @@
 """Registry entries for MViTv2 image classifiers (the official ImageNet-1k models, as in timm)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 from vislab.models.backbones.mvitv2 import MViTv2, init_weights
 from vislab.models.classifier import ImageClassifier
-from vislab.models.registry_types import ModelEntry, Reference
+from vislab.models.registry_types import imagenet_classifier_entry
 
 
 def mvitv2_classifier(*, num_classes: int, depths: Sequence[int], embed_dim: int = 96,
@@ -24,24 +25,14 @@ def mvitv2_classifier(*, num_classes: int, depths: Sequence[int], embed_dim: int
     return model
 
 
-def _entry(name: str, *, params: int, gmacs: float, **defaults) -> ModelEntry:
-    return ModelEntry(
-        name=name,
-        task="classification",
-        family="mvitv2",
-        builder=mvitv2_classifier,
-        defaults=defaults,
-        input_size=(3, 224, 224),
-        num_classes=1000,
-        reference=Reference(params=params, gmacs=gmacs,
-                            source="facebookresearch/mvit README and MViTv2 paper; params as timm"),
-    )
+_entry = partial(imagenet_classifier_entry, family="mvitv2", builder=mvitv2_classifier,
+                 source="facebookresearch/mvit README and MViTv2 paper; params as timm")
 
 
 ENTRIES = (
-    _entry("mvitv2_tiny", params=24_173_320, gmacs=4.7, depths=(1, 2, 5, 2)),
-    _entry("mvitv2_small", params=34_870_216, gmacs=7.0, depths=(1, 2, 11, 2)),
-    _entry("mvitv2_base", params=51_472_744, gmacs=10.2, depths=(2, 3, 16, 3)),
-    _entry("mvitv2_large", params=217_992_952, gmacs=42.1, depths=(2, 6, 36, 4), embed_dim=144,
+    _entry("mvitv2_tiny", top1=82.3, params=24_173_320, gmacs=4.7, depths=(1, 2, 5, 2)),
+    _entry("mvitv2_small", top1=83.6, params=34_870_216, gmacs=7.0, depths=(1, 2, 11, 2)),
+    _entry("mvitv2_base", top1=84.4, params=51_472_744, gmacs=10.2, depths=(2, 3, 16, 3)),
+    _entry("mvitv2_large", top1=85.3, params=217_992_952, gmacs=42.1, depths=(2, 6, 36, 4), embed_dim=144,
            num_heads=2, dim_mul_in_att=False),
 )

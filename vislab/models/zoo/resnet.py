@@ -1,11 +1,12 @@
 """Registry entries for ResNet and ResNeXt image classifiers (torchvision's reference counts)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 from vislab.models.backbones.resnet import ResNet
 from vislab.models.classifier import ImageClassifier
-from vislab.models.registry_types import ModelEntry, Reference
+from vislab.models.registry_types import imagenet_classifier_entry
 
 
 def resnet_classifier(*, num_classes: int, block: str, depths: Sequence[int], groups: int = 1,
@@ -20,29 +21,20 @@ def resnet_classifier(*, num_classes: int, block: str, depths: Sequence[int], gr
     return ImageClassifier(backbone, num_classes=num_classes, dropout=dropout, zero_init_head=zero_init_head)
 
 
-def _entry(name: str, *, params: int, gmacs: float, **defaults) -> ModelEntry:
-    return ModelEntry(
-        name=name,
-        task="classification",
-        family="resnet",
-        builder=resnet_classifier,
-        defaults=defaults,
-        input_size=(3, 224, 224),
-        num_classes=1000,
-        reference=Reference(params=params, gmacs=gmacs, source="torchvision weight metadata"),
-    )
+_entry = partial(imagenet_classifier_entry, family="resnet", builder=resnet_classifier,
+                 source="torchvision weight metadata")
 
 
 ENTRIES = (
-    _entry("resnet18", params=11_689_512, gmacs=1.814, block="basic", depths=(2, 2, 2, 2)),
-    _entry("resnet34", params=21_797_672, gmacs=3.664, block="basic", depths=(3, 4, 6, 3)),
-    _entry("resnet50", params=25_557_032, gmacs=4.089, block="bottleneck", depths=(3, 4, 6, 3)),
-    _entry("resnet101", params=44_549_160, gmacs=7.801, block="bottleneck", depths=(3, 4, 23, 3)),
-    _entry("resnet152", params=60_192_808, gmacs=11.514, block="bottleneck", depths=(3, 8, 36, 3)),
-    _entry("resnext50_32x4d", params=25_028_904, gmacs=4.230, block="bottleneck",
+    _entry("resnet18", top1=69.758, params=11_689_512, gmacs=1.814, block="basic", depths=(2, 2, 2, 2)),
+    _entry("resnet34", top1=73.314, params=21_797_672, gmacs=3.664, block="basic", depths=(3, 4, 6, 3)),
+    _entry("resnet50", top1=76.13, params=25_557_032, gmacs=4.089, block="bottleneck", depths=(3, 4, 6, 3)),
+    _entry("resnet101", top1=77.374, params=44_549_160, gmacs=7.801, block="bottleneck", depths=(3, 4, 23, 3)),
+    _entry("resnet152", top1=78.312, params=60_192_808, gmacs=11.514, block="bottleneck", depths=(3, 8, 36, 3)),
+    _entry("resnext50_32x4d", top1=77.618, params=25_028_904, gmacs=4.230, block="bottleneck",
            depths=(3, 4, 6, 3), groups=32, width_per_group=4),
-    _entry("resnext101_32x8d", params=88_791_336, gmacs=16.414, block="bottleneck",
+    _entry("resnext101_32x8d", top1=79.312, params=88_791_336, gmacs=16.414, block="bottleneck",
            depths=(3, 4, 23, 3), groups=32, width_per_group=8),
-    _entry("resnext101_64x4d", params=83_455_272, gmacs=15.460, block="bottleneck",
+    _entry("resnext101_64x4d", top1=83.246, params=83_455_272, gmacs=15.460, block="bottleneck",
            depths=(3, 4, 23, 3), groups=64, width_per_group=4),
 )

@@ -1,13 +1,14 @@
 """Registry entries for BiT pre-activation ResNet v2 classifiers (timm's reference counts)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 from torch import nn
 
 from vislab.models.backbones.resnetv2 import ResNetV2
 from vislab.models.classifier import ImageClassifier
-from vislab.models.registry_types import ModelEntry, Reference
+from vislab.models.registry_types import imagenet_classifier_entry
 
 
 def resnetv2_classifier(*, num_classes: int, depths: Sequence[int], width_factor: float = 1.0,
@@ -30,18 +31,8 @@ def resnetv2_classifier(*, num_classes: int, depths: Sequence[int], width_factor
     return model
 
 
-def _entry(name: str, *, params: int, gmacs: float | None, **defaults) -> ModelEntry:
-    return ModelEntry(
-        name=name,
-        task="classification",
-        family="resnetv2",
-        builder=resnetv2_classifier,
-        defaults=defaults,
-        input_size=(3, 224, 224),
-        num_classes=1000,
-        reference=Reference(params=params, gmacs=gmacs,
-                            source="timm resnetv2_*_bit (google-research/big_transfer)"),
-    )
+_entry = partial(imagenet_classifier_entry, family="resnetv2", builder=resnetv2_classifier,
+                 source="timm resnetv2_*_bit (google-research/big_transfer)")
 
 
 ENTRIES = (

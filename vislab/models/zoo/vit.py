@@ -1,11 +1,12 @@
 """Registry entries for Vision Transformer image classifiers (timm's reference counts)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 from vislab.models.backbones.vit import VisionTransformer
 from vislab.models.classifier import ImageClassifier
-from vislab.models.registry_types import ModelEntry, Reference
+from vislab.models.registry_types import imagenet_classifier_entry
 
 
 def vit_classifier(*, num_classes: int, patch_size: int, embed_dim: int, depth: int, num_heads: int,
@@ -23,26 +24,16 @@ def vit_classifier(*, num_classes: int, patch_size: int, embed_dim: int, depth: 
     return ImageClassifier(backbone, num_classes=num_classes, dropout=dropout)
 
 
-def _entry(name: str, *, timm_name: str, params: int, gmacs: float, **defaults) -> ModelEntry:
-    return ModelEntry(
-        name=name,
-        task="classification",
-        family="vit",
-        builder=vit_classifier,
-        defaults=defaults,
-        input_size=(3, 224, 224),
-        num_classes=1000,
-        reference=Reference(params=params, gmacs=gmacs, source=f"timm {timm_name}"),
-    )
+_entry = partial(imagenet_classifier_entry, family="vit", builder=vit_classifier)
 
 
 ENTRIES = (
-    _entry("vit_s16", timm_name="vit_small_patch16_224", params=22_050_664, gmacs=4.6,
+    _entry("vit_s16", top1=79.8, source="timm vit_small_patch16_224", params=22_050_664, gmacs=4.6,
            patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    _entry("vit_b16", timm_name="vit_base_patch16_224", params=86_567_656, gmacs=17.56,
+    _entry("vit_b16", top1=81.8, source="timm vit_base_patch16_224", params=86_567_656, gmacs=17.56,
            patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    _entry("vit_l16", timm_name="vit_large_patch16_224", params=304_326_632, gmacs=61.56,
+    _entry("vit_l16", source="timm vit_large_patch16_224", params=304_326_632, gmacs=61.56,
            patch_size=16, embed_dim=1024, depth=24, num_heads=16),
-    _entry("vit_h14", timm_name="vit_huge_patch14_224", params=632_045_800, gmacs=167.3,
+    _entry("vit_h14", source="timm vit_huge_patch14_224", params=632_045_800, gmacs=167.3,
            patch_size=14, embed_dim=1280, depth=32, num_heads=16),
 )

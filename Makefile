@@ -21,6 +21,7 @@ test: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/quickstart.py
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/backbones.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -115,7 +114,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--json``, and the hidden flags of the CPU peak-memory child (see ``subprocess_peak_mib``)."""
+    """``--json``, and the hidden flags of the CPU peak-memory child (``subprocess_peak_mib``)."""
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument("--measure-memory-of", type=model_spec, help=argparse.SUPPRESS)
     parser.add_argument("--memory-optimizer", choices=OPTIMIZERS, help=argparse.SUPPRESS)
@@ -220,7 +219,10 @@ def cuda_peak_mib(trainee: Trainee, batch: Batch, *, steps: int, device: torch.d
 
 
 def peak_rss_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    """This process's peak RSS (Linux ``VmHWM``). Not ``getrusage``'s ``ru_maxrss``: a child
+    inherits its parent's peak there at exec, which would hide the child's own growth."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
 
 
 def report_rss_increase(args: argparse.Namespace) -> None:

@@ -52,7 +52,7 @@ def test_bit_digits_recipe_resolves_the_rule_from_the_data():
     task = ClassificationTask(load_config(CONFIGS / "transfer" / "bit_digits_10shot.yaml"))
     cfg = task.cfg
     assert (cfg.train.steps, cfg.schedule.name, cfg.schedule.warmup_steps) == (500, "step", 100)
-    assert (cfg.data.train_resize, cfg.data.image_size, cfg.data.mixup_alpha) == (160, 128, 0.0)
+    assert (cfg.data.train_resize, cfg.data.image_size, cfg.data.mixup_alpha) == (36, 32, 0.0)
     assert len(task.train_set) == 100
 
 

@@ -196,7 +196,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> DictC
         raise ConfigError(f"config key {key!r}: {str(exc).splitlines()[0]}") from None
     _check_model(cfg)
     _check_values(cfg)
-    cfg.explicit_keys = sorted({key for layer in layers for key in _flatten(layer)})
+    cfg.explicit_keys = sorted({key for layer in layers for key in _flatten(layer)} - {"explicit_keys"})
     if path is not None and cfg.recipe is None:
         cfg.recipe = Path(path).stem
     return cfg

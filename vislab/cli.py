@@ -177,6 +177,15 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker (whose message carries
+    the worker's traceback) the original error's last line."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        return text.strip().splitlines()[-1]
+    return text
+
+
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "models": _cmd_models,
             "flops": _cmd_flops, "convert": _cmd_convert}
 
@@ -189,14 +198,16 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from vislab.errors import USER_ERRORS
+    from vislab.errors import GENERIC_ERRORS, USER_ERRORS
 
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as exc:
         if os.environ.get("VISLAB_DEBUG"):
             raise
-        print(f"vislab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vislab {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        if type(exc) in GENERIC_ERRORS:
+            print("(set VISLAB_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 1
 
 

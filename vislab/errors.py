@@ -3,9 +3,12 @@ from vislab.config import ConfigError
 from vislab.data.datasets.image_folder import BadImageError, DataError
 from vislab.engine.checkpoint import CheckpointError
 from vislab.engine.run import RunDirError
-from vislab.engine.trainer import NonFiniteLossError
+from vislab.engine.trainer import NonFiniteLossError, SkippedBatchError
 from vislab.models.registry import UnknownModelError
 from vislab.weights import WeightsError
 
 USER_ERRORS = (ConfigError, BadImageError, DataError, CheckpointError, RunDirError, NonFiniteLossError,
-               UnknownModelError, WeightsError, ValueError, TypeError, FileNotFoundError)
+               SkippedBatchError, UnknownModelError, WeightsError, ValueError, TypeError, FileNotFoundError)
+
+# raised for bad input by vislab, but also by bugs deep in a library: say how to see the traceback
+GENERIC_ERRORS = (ValueError, TypeError)

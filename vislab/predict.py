@@ -9,15 +9,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from vislab.config import model_kwargs
+from vislab.config import load_config
 from vislab.data.datasets.image_folder import read_rgb
-from vislab.data.transforms.classification import val_transform
 from vislab.engine.checkpoint import resolve_weights
-from vislab.models import create_model
 from vislab.models.registry import get_entry
+from vislab.tasks.classification import classifier_from_config, eval_transform_from
 from vislab.weights import WeightsError, load_state_dict, read_weights
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -37,25 +34,24 @@ class Predictor:
 
 
 def load_predictor(weights: str | Path, *, model_name: str | None = None) -> Predictor:
-    """A predictor from vislab weights (their metadata names model, options, classes and
-    transforms) or, given ``model_name``, from converted weights without that metadata."""
+    """A predictor from vislab weights (their metadata holds the run's config and classes) or,
+    for converted weights, from the model name and options in their metadata (or
+    ``model_name``), with the schema's ImageNet normalisation at the model's input size."""
     path = resolve_weights(weights)
     state_dict, metadata = read_weights(path)
     if "config" in metadata:
         cfg = OmegaConf.create(metadata["config"])
         classes = list(metadata["classes"])
-        model = create_model(cfg.model.name, num_classes=len(classes), **model_kwargs(cfg))
-        d = cfg.data
-        transform = val_transform(image_size=d.image_size, resize=d.val_resize, mean=d.mean, std=d.std)
     else:
         name = model_name or metadata.get("model")
         if name is None:
             raise WeightsError(f"{path} carries no model name; pass --model NAME")
         entry = get_entry(name)
-        num_classes = int(metadata.get("num_classes", entry.num_classes))
-        model = create_model(name, num_classes=num_classes, **metadata.get("options", {}))
-        classes = [str(i) for i in range(num_classes)]
-        transform = val_transform(image_size=entry.input_size[-1], resize=None, mean=IMAGENET_MEAN,
-                                  std=IMAGENET_STD)
+        options = metadata.get("options", {})
+        side = options.get("img_size", entry.input_size[-1])
+        cfg = load_config(None, [f"model.name={name}", f"data.image_size={side}",
+                                 *(f"model.{k}={v}" for k, v in options.items())])
+        classes = [str(i) for i in range(int(metadata.get("num_classes", entry.num_classes)))]
+    model = classifier_from_config(cfg, num_classes=len(classes))
     load_state_dict(model, state_dict, strict=True, source=f"weights file {path}")
-    return Predictor(model=model.eval(), transform=transform, classes=classes)
+    return Predictor(model=model.eval(), transform=eval_transform_from(cfg), classes=classes)

@@ -85,5 +85,5 @@ class SeededSamples(Dataset):
         if sample_seed is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
+            torch.default_generator.manual_seed(sample_seed)
             return self.transform(image), label

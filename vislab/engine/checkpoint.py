@@ -44,7 +44,7 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
+    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     np_state = state["numpy"]
     np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
@@ -84,9 +84,12 @@ class CheckpointDir:
                 save_weights(weights, tmp / file_name, metadata=metadata)
             torch.save(trainer_state, tmp / STATE_FILE)
             final = self.root / name
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
+            if final.exists():  # a re-save: move the old folder aside, never leave a gap
+                old = final.rename(self.root / f".{name}.old")
+                tmp.rename(final)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)

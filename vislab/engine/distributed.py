@@ -27,10 +27,13 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
     """``auto`` picks this process's GPU when CUDA is available, else the CPU."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={name} but CUDA is not available; use train.device=cpu")
+            raise ValueError(f"train.device={name} but CUDA is not available; use train.device=cpu")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     return device
@@ -51,10 +54,14 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
+    """Sum ``values`` over processes; NCCL only reduces GPU tensors, so CPU counters travel
+    through the current GPU and come back."""
+    if not info.enabled:
+        return values
+    on_gpu = dist.get_backend() == "nccl"
+    buffer = values.to(torch.device("cuda", torch.cuda.current_device())) if on_gpu else values.clone()
+    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+    return buffer.to(values.device) if on_gpu else buffer
 
 
 def barrier(info: DistInfo) -> None:

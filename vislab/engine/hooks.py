@@ -37,14 +37,16 @@ class EvalHook(Hook):
 
 
 class CheckpointHook(Hook):
-    """Saves every ``every`` epochs and after the last one; keeps the best by the task's metric."""
+    """Saves every ``every`` epochs, after the last one, and whenever the epoch's evaluation is
+    the best so far (so the ``best`` checkpoint always holds the best weights)."""
 
     def __init__(self, *, every: int, keep_last: int):
         self.every = every
         self.keep_last = keep_last
 
     def after_epoch(self, trainer: "Trainer") -> None:
-        if trainer.epoch % self.every == 0 or trainer.epoch == trainer.max_epochs:
+        if (trainer.epoch % self.every == 0 or trainer.epoch == trainer.max_epochs
+                or trainer.best_is_current):
             trainer.save_checkpoint(keep_last=self.keep_last)
 
 

@@ -13,8 +13,8 @@ def plot_curves(metrics_path: Path, out_path: Path) -> None:
 
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [r for r in records if "loss" in r]
-    evals = [r for r in records if any(k.startswith("val/") for k in r)]
-    eval_keys = sorted({k for r in evals for k in r if k.startswith("val/")})
+    evals = [r for r in records if any(k.startswith(("val/", "val_ema/")) for k in r)]
+    eval_keys = sorted({k for r in evals for k in r if k.startswith(("val/", "val_ema/"))})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].plot([r["epoch"] for r in train], [r["loss"] for r in train])
     axes[0].set(xlabel="epoch", ylabel="training loss", title="loss")

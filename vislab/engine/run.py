@@ -66,7 +66,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if dist.is_main:
             try:
                 plan = prepare_run_dir(cfg)
-            except (RunDirError, OSError) as exc:  # every process must learn of it, not hang
+            except Exception as exc:  # every process must learn of it, not hang
                 plan = exc
         plan = broadcast_object(plan, dist)
         if isinstance(plan, Exception):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -32,6 +32,14 @@ from vislab.weights import WeightsError, load_state_dict
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped without saving."""
+
+
+class SkippedBatchError(RuntimeError):
+    """A whole batch was unreadable in a multi-process run, where every process must step."""
+
+
+# settings a checkpoint's optimizer state is tied to: resuming under others cannot continue it
+RESUME_FIXED_KEYS = ("optim.name", "optim.layer_decay", "optim.decay_norm_and_bias", "train.ema_decay")
 
 
 def seed_everything(*seeds: int) -> None:
@@ -164,6 +172,11 @@ class Trainer:
                     with autocast_context(self.device, enabled=self.amp, dtype=train.amp_dtype):
                         loss, num_images = self.task.train_step(self.model, batch, self.device)
                     if loss is None:  # every sample of the batch was unreadable and skipped
+                        if self.dist.enabled:
+                            raise SkippedBatchError(
+                                f"every image of a batch on process {self.dist.rank} was unreadable at step "
+                                f"{self.step + 1}; with several processes a whole batch cannot be skipped: "
+                                f"remove the unreadable files (data.skip_bad counts them) and resume")
                         loss = sum(p.sum() * 0.0 for p in self.model.parameters())
                     elif not torch.isfinite(loss.detach()).item():
                         self._stop_non_finite(loss)
@@ -235,13 +248,24 @@ class Trainer:
                 state["ema_updates"] = self.ema.n_averaged
             self.checkpoints.save(name, model_state=self.model_without_ddp.state_dict(),
                                   metadata=metadata, trainer_state=state, extra_weights=extra)
-            if self._new_best and self.last_eval and self.last_eval["epoch"] == self.epoch:
+            if self.best_is_current:
                 self.checkpoints.mark_best(name)
             self.checkpoints.prune(keep_last=keep_last)
         barrier(self.dist)
 
+    @property
+    def best_is_current(self) -> bool:
+        """Whether this epoch's evaluation set a new best."""
+        return self._new_best and self.last_eval is not None and self.last_eval["epoch"] == self.epoch
+
     def resume_from(self, path: str | Path) -> Path:
         loaded = ckpt.load_checkpoint(path)
+        saved = OmegaConf.create(loaded.state["config"])
+        changed = [f"{key} (checkpoint {OmegaConf.select(saved, key)!r}, now {OmegaConf.select(self.cfg, key)!r})"
+                   for key in RESUME_FIXED_KEYS if OmegaConf.select(saved, key) != OmegaConf.select(self.cfg, key)]
+        if changed:
+            raise ckpt.CheckpointError(f"cannot resume {loaded.path} under other optimizer settings: "
+                                       f"{'; '.join(changed)}")
         try:
             load_state_dict(self.model_without_ddp, loaded.model, strict=True,
                             source=f"checkpoint {loaded.path}")

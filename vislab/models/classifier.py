@@ -7,6 +7,8 @@ classifier adds dropout and one linear layer, so heads convert between codebases
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -23,11 +25,15 @@ class ClassifierHead(nn.Module):
 
 class ImageClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, *, num_classes: int, dropout: float = 0.0,
-                 zero_init_head: bool = False):
+                 head_init: Callable[[nn.Linear], None] | None = None, zero_init_head: bool = False):
+        """``head_init`` initialises the linear classifier the family's way (PyTorch's default
+        otherwise); ``zero_init_head`` then starts it at zero, as transfer recipes do."""
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
         self.head = ClassifierHead(backbone.num_features, num_classes, dropout=dropout)
+        if head_init is not None:
+            head_init(self.head.fc)
         if zero_init_head:  # BiT-HyperRule (Kolesnikov et al., 2020, section 3.3)
             nn.init.zeros_(self.head.fc.weight)
             nn.init.zeros_(self.head.fc.bias)

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, Subset
 
 from vislab.config import model_kwargs
 from vislab.data.datasets.digits import DigitsDataset
-from vislab.data.datasets.image_folder import ImageFolderDataset
+from vislab.data.datasets.image_folder import DataError, ImageFolderDataset
 from vislab.data.loader import build_loader, collate_classification
 from vislab.data.sampler import SeededSamples, ShardSampler, TrainSampler
 from vislab.data.transforms.classification import train_transform, val_transform
@@ -31,6 +31,17 @@ def build_dataset(cfg: DictConfig, split: str) -> Dataset:
         return DigitsDataset(split)
     folder = data.train_split if split == "train" else data.val_split
     return ImageFolderDataset(Path(data.root) / folder, skip_bad=data.skip_bad)
+
+
+def classifier_from_config(cfg: DictConfig, *, num_classes: int) -> nn.Module:
+    """The model ``cfg.model`` describes, with ``num_classes`` outputs unless it names its own."""
+    return create_model(cfg.model.name, num_classes=cfg.model.get("num_classes") or num_classes,
+                        **model_kwargs(cfg))
+
+
+def eval_transform_from(cfg: DictConfig):
+    d = cfg.data
+    return val_transform(image_size=d.image_size, resize=d.val_resize, mean=d.mean, std=d.std)
 
 
 def _fixed_order(n: int) -> list[int]:
@@ -109,7 +120,7 @@ class ClassificationTask:
         return self.cfg.model.get("num_classes") or len(self.classes)
 
     def build_model(self) -> nn.Module:
-        model = create_model(self.cfg.model.name, num_classes=self.num_classes, **model_kwargs(self.cfg))
+        model = classifier_from_config(self.cfg, num_classes=self.num_classes)
         if self.cfg.pretrained:
             load_backbone_weights(model, resolve_weights(self.cfg.pretrained))
         if self.cfg.weights:
@@ -119,12 +130,12 @@ class ClassificationTask:
     def metadata(self) -> dict:
         return {"classes": self.classes}
 
-    def eval_transform(self):
-        d = self.cfg.data
-        return val_transform(image_size=d.image_size, resize=d.val_resize, mean=d.mean, std=d.std)
-
     def build_train_loader(self, dist: DistInfo):
         d = self.cfg.data
+        if list(self.train_set.classes) != self.classes:
+            raise DataError(f"the {d.train_split} and {d.val_split} splits of {d.root} have different "
+                            f"class folders: {sorted(set(self.train_set.classes) ^ set(self.classes))} "
+                            f"appear in only one of them")
         transform = train_transform(image_size=d.image_size, crop_scale=d.crop_scale, hflip=d.hflip,
                                     mean=d.mean, std=d.std, train_resize=d.train_resize,
                                     randaugment_magnitude=d.randaugment_magnitude,
@@ -139,7 +150,7 @@ class ClassificationTask:
     def build_val_loader(self, dist: DistInfo):
         d = self.cfg.data
         sampler = ShardSampler(len(self.val_set), rank=dist.rank, world_size=dist.world_size)
-        return build_loader(SeededSamples(self.val_set, self.eval_transform()), sampler,
+        return build_loader(SeededSamples(self.val_set, eval_transform_from(self.cfg)), sampler,
                             batch_size=d.batch_size, num_workers=d.num_workers,
                             collate_fn=collate_classification, pin_memory=torch.cuda.is_available())
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Sequence
 
-from torch import nn
-
 from vislab.models.backbones.resnetv2 import ResNetV2
 from vislab.models.classifier import ImageClassifier
 from vislab.models.registry_types import imagenet_classifier_entry
@@ -24,11 +22,7 @@ def resnetv2_classifier(*, num_classes: int, depths: Sequence[int], width_factor
     backbone = ResNetV2(depths=depths, width_factor=width_factor, norm=norm,
                         norm_groups=norm_groups, weight_std=weight_std,
                         drop_path_rate=drop_path_rate, in_chans=in_chans)
-    model = ImageClassifier(backbone, num_classes=num_classes, dropout=dropout)
-    if zero_init_head:
-        nn.init.zeros_(model.head.fc.weight)
-        nn.init.zeros_(model.head.fc.bias)
-    return model
+    return ImageClassifier(backbone, num_classes=num_classes, dropout=dropout, zero_init_head=zero_init_head)
 
 
 _entry = partial(imagenet_classifier_entry, family="resnetv2", builder=resnetv2_classifier,

@@ -21,11 +21,13 @@ def _generator(*seeds: int) -> torch.Generator:
 
 
 class TrainSampler(Sampler):
+    """An epoch is one pass over the data in a fresh order, or, for a set smaller than one
+    global batch (few-shot transfer with BiT's batch of 512), as many passes as fill one batch."""
+
     def __init__(self, num_samples: int, *, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1):
-        if num_samples < batch_size * world_size:
-            raise ValueError(f"{num_samples} training samples cannot fill one global batch of "
-                             f"{batch_size} x {world_size} processes; lower data.batch_size")
+        if num_samples < 1:
+            raise ValueError("the training set is empty")
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
@@ -37,18 +39,23 @@ class TrainSampler(Sampler):
         self.epoch = epoch
 
     @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
     def batches_per_epoch(self) -> int:
-        return self.num_samples // (self.batch_size * self.world_size)
+        return max(self.num_samples, self.global_batch) // self.global_batch
 
     def __len__(self) -> int:
         return self.batches_per_epoch * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch)).tolist()
-        sample_seeds = torch.randint(0, 2**62, (self.num_samples,), generator=_generator(self.seed, self.epoch, 1)).tolist()
-        global_batch = self.batch_size * self.world_size
+        passes = -(-self.global_batch // self.num_samples)
+        order = [i for p in range(passes)
+                 for i in torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch, p)).tolist()]
+        sample_seeds = torch.randint(0, 2**62, (len(order),), generator=_generator(self.seed, self.epoch, -1)).tolist()
         for b in range(self.batches_per_epoch):
-            start = b * global_batch + self.rank * self.batch_size
+            start = b * self.global_batch + self.rank * self.batch_size
             for position in range(start, start + self.batch_size):
                 yield order[position], sample_seeds[position]
 

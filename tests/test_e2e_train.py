@@ -1,6 +1,7 @@
 """End-to-end training runs on the embedded digits and on a generated ImageFolder tree."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -137,3 +138,43 @@ def test_truncated_and_foreign_checkpoints(tmp_path):
     # the checkpoint of a half-width model does not fit a full-width one: the keys are named
     with pytest.raises(CheckpointError, match=r"mis-shaped: backbone\.res2\.0\.conv1\.weight"):
         train(tiny_digits_config(out, "train.epochs=2", "resume=true", "model.width=0.5"))
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    summary = train(tiny_digits_config(tmp_path / "run", "train.amp=true", "train.amp_dtype=bf16"))
+    records = read_metrics(tmp_path / "run")
+    assert summary["steps"] == 12 and all(r["loss"] == r["loss"] for r in records if "loss" in r)
+
+
+def test_fp16_needs_cuda(tmp_path):
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        train(tiny_digits_config(tmp_path / "run", "train.amp=true", "train.amp_dtype=fp16", "train.device=cpu"))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream_type", [io.StringIO, _Terminal])
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(tmp_path, stream_type):
+    from vislab.engine.distributed import DistInfo
+    from vislab.engine.hooks import ProgressHook
+    from vislab.engine.trainer import Trainer
+    from vislab.tasks import build_task
+
+    cfg = tiny_digits_config(tmp_path / "run", "train.epochs=1")
+    trainer = Trainer(cfg, build_task(cfg), run_dir=tmp_path / "run", device=torch.device("cpu"),
+                      dist=DistInfo())
+    stream = stream_type()
+    trainer.hooks = [h for h in trainer.hooks if not isinstance(h, ProgressHook)]
+    trainer.hooks.append(ProgressHook(total_steps=trainer.total_steps, stream=stream))
+    trainer.fit()
+    text = stream.getvalue()
+    if stream_type is _Terminal:
+        assert "\r" in text and ("it/s" in text or "s/it" in text) and "<" in text  # tqdm: rate, ETA
+        assert "img_s=" in text and "loss=" in text and "lr=" in text
+    else:
+        lines = [line for line in text.splitlines() if line.startswith("epoch")]
+        assert any("img/s eta" in line and "loss" in line and " lr " in line for line in lines)
+        assert "\r" not in text

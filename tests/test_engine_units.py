@@ -238,9 +238,9 @@ def test_sample_seeds_match_across_world_sizes():
     assert len({s for _, s in single}) == len(single)
 
 
-def test_train_sampler_too_small_raises():
-    with pytest.raises(ValueError, match="batch"):
-        TrainSampler(7, batch_size=4, seed=0, world_size=2)
+def test_train_sampler_rejects_an_empty_set():
+    with pytest.raises(ValueError, match="empty"):
+        TrainSampler(0, batch_size=4, seed=0, world_size=2)
 
 
 @pytest.mark.parametrize("n, world", [(10, 3), (7, 1), (5, 8)])

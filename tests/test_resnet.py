@@ -9,19 +9,7 @@ import vislab
 from vislab.layers import FrozenBatchNorm2d, LayerNorm2d
 from vislab.models.backbones.resnet import BasicBlock, Bottleneck
 from vislab.models.complexity import count_params, on_meta
-from vislab.models.registry import get_entry
 
-# Copied from /work/shared/reference/model-figures.md ("Image models, 224x224, 1000 classes").
-REFERENCE = {
-    "resnet18": (11_689_512, 1.814),
-    "resnet34": (21_797_672, 3.664),
-    "resnet50": (25_557_032, 4.089),
-    "resnet101": (44_549_160, 7.801),
-    "resnet152": (60_192_808, 11.514),
-    "resnext50_32x4d": (25_028_904, 4.230),
-    "resnext101_32x8d": (88_791_336, 16.414),
-    "resnext101_64x4d": (83_455_272, 15.460),
-}
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -36,26 +24,10 @@ def tiny(name: str = "resnet18", **overrides) -> nn.Module:
 # Registry figures
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(REFERENCE))
-def test_params_and_gmacs_match_reference(name):
-    params, gmacs = REFERENCE[name]
-    info = vislab.model_info(name)
-    assert info["input"] == [3, 224, 224]
-    assert info["num_classes"] == 1000
-    assert info["params"] == params
-    assert abs(info["gmacs"] - gmacs) / gmacs <= 0.02, (info["gmacs"], gmacs)
-
-
-def test_registry_reference_agrees_with_reference_file():
-    for name, (params, gmacs) in REFERENCE.items():
-        ref = get_entry(name).reference
-        assert ref.params == params
-        assert ref.gmacs == pytest.approx(gmacs)
-
 
 def test_list_models_classification_contains_all():
     models = vislab.list_models(task="classification")
-    assert set(REFERENCE) <= set(models)
+    assert {"resnet18", "resnet152", "resnext50_32x4d", "resnext101_64x4d"} <= set(models)
     assert models == sorted(models)
     assert set(models) <= set(vislab.list_models())
 
@@ -67,7 +39,7 @@ def test_list_models_unknown_task_is_empty():
 def test_meta_build_has_meta_params():
     model = on_meta(lambda: vislab.create_model("resnet50"))
     assert all(p.device.type == "meta" for p in model.parameters())
-    assert count_params(model) == REFERENCE["resnet50"][0]
+    assert count_params(model) == 25_557_032
 
 
 def test_params_change_with_num_classes():

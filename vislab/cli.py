@@ -103,7 +103,8 @@ def _cmd_eval(args) -> int:
     device = resolve_device(cfg.train.device)
     task = build_task(cfg)
     model = task.build_model().to(device)
-    metrics = task.evaluate(model, task.build_val_loader(DistInfo()), device=device, dist=DistInfo())
+    single = DistInfo()
+    metrics = task.evaluate(model, task.build_val_loader(single), device=device, dist=single)
     record = {"weights": str(weights), **{f"val/{k}": v for k, v in metrics.items()}}
     out = Path(args.out) if args.out else weights.parent / "eval.json"
     out.write_text(json.dumps(record, indent=2))

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from vislab.utils.files import atomic_path
@@ -61,11 +61,9 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise WeightsError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(path), framework="pt") as f:  # one pass: metadata and tensors
                 raw_meta = f.metadata() or {}
-            tensors = load_file(str(path))
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"weights file {path} is corrupt or truncated: {exc}") from exc
         return tensors, {k: _decode(v) for k, v in raw_meta.items()}

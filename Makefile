@@ -22,6 +22,8 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/quickstart.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/backbones.py
+	$(BIN)/python benchmarks/video.py
+	$(BIN)/python benchmarks/detection.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

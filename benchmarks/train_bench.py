@@ -1,4 +1,5 @@
-"""Shared machinery of the training-step benchmarks (``train_step.py`` and ``backbones.py``).
+"""Shared machinery of the benchmarks that compare two models (``train_step.py``, ``backbones.py``;
+``detection.py`` uses the timing, memory and report helpers).
 
 A model is named by a ``ModelSpec``, written ``LIBRARY:MODEL`` (``vislab:resnet50``,
 ``timm:convnext_tiny``, ``torchvision:resnet50``). A *trainee* is such a model, built from a fixed
@@ -23,7 +24,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torchvision
@@ -187,35 +190,53 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_second(trainee: Trainee, batch: Batch, *, steps: int,
-                      device: torch.device) -> float:
+def elapsed_seconds(run: Callable[[], None], *, device: torch.device) -> float:
+    """Wall-clock time of ``run``, from and to an idle device."""
     synchronize(device)
     start = time.perf_counter()
-    train_steps(trainee, batch, steps=steps)
+    run()
     synchronize(device)
-    return steps * len(batch[0]) / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def images_per_second(trainee: Trainee, batch: Batch, *, steps: int,
+                      device: torch.device) -> float:
+    elapsed = elapsed_seconds(lambda: train_steps(trainee, batch, steps=steps), device=device)
+    return steps * len(batch[0]) / elapsed
+
+
+def interleaved_rounds(measures: dict[str, Callable[[], float]], *,
+                       rounds: int) -> dict[str, list[float]]:
+    """Each measure's value per round, alternating which measure runs first."""
+    names = list(measures)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        for name in names if index % 2 == 0 else names[::-1]:
+            results[name].append(measures[name]())
+    return results
 
 
 def timed_rounds(trainees: list[Trainee], batch: Batch, *, steps: int, rounds: int,
                  device: torch.device) -> dict[str, list[float]]:
     """Images/s per round for each trainee's library, alternating which trainee runs first."""
-    results: dict[str, list[float]] = {trainee.spec.library: [] for trainee in trainees}
-    for index in range(rounds):
-        order = trainees if index % 2 == 0 else trainees[::-1]
-        for trainee in order:
-            results[trainee.spec.library].append(
-                images_per_second(trainee, batch, steps=steps, device=device))
-    return results
+    return interleaved_rounds(
+        {trainee.spec.library: partial(images_per_second, trainee, batch, steps=steps, device=device)
+         for trainee in trainees}, rounds=rounds)
+
+
+def cuda_peak_increase_mib(run: Callable[[], None], *, device: torch.device) -> float:
+    """Peak allocated CUDA memory during ``run``, above what was allocated before it."""
+    synchronize(device)
+    baseline = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    run()
+    synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - baseline) / MIB
 
 
 def cuda_peak_mib(trainee: Trainee, batch: Batch, *, steps: int, device: torch.device) -> float:
     """Peak allocated CUDA memory over ``steps`` steps, above what was allocated before them."""
-    synchronize(device)
-    baseline = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    train_steps(trainee, batch, steps=steps)
-    synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - baseline) / MIB
+    return cuda_peak_increase_mib(lambda: train_steps(trainee, batch, steps=steps), device=device)
 
 
 def peak_rss_kib() -> int:
@@ -248,6 +269,12 @@ def subprocess_peak_mib(spec: ModelSpec, *, optimizer: str, script: Path,
                "--warmup", str(args.warmup)]
     if args.channels_last:
         command.append("--channels-last")
+    return child_peak_mib(command)
+
+
+def child_peak_mib(command: list[str]) -> float:
+    """Run ``command``, a benchmark script in child mode, and read the peak-RSS increase it
+    prints as JSON (``peak_rss_increase_kib``) on its last line."""
     completed = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
     report = json.loads(completed.stdout.splitlines()[-1])
     return report["peak_rss_increase_kib"] / KIB_PER_MIB

@@ -63,7 +63,7 @@ def test_large_gmacs_match_timm_count_of_same_layout():
 
 
 def test_registry_entries_and_large_layout():
-    names = {n for n in vislab.list_models() if n.startswith("mvitv2")}
+    names = {n for n in vislab.list_models(task="classification") if n.startswith("mvitv2")}
     assert names == {"mvitv2_tiny", "mvitv2_small", "mvitv2_base", "mvitv2_large"}
     assert all(get_entry(n).family == "mvitv2" for n in names)
     large = on_meta(lambda: vislab.create_model("mvitv2_large")).backbone

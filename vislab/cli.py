@@ -1,4 +1,4 @@
-"""The ``vislab`` command: train, eval, predict, models, flops, convert."""
+"""The ``vislab`` command: train, eval, predict, models, flops, convert, data."""
 from __future__ import annotations
 
 import argparse
@@ -15,12 +15,16 @@ EXAMPLES = {
         vislab train configs/quickstart/digits.yaml resume=true
         torchrun --nproc_per_node=2 -m vislab train configs/quickstart/digits.yaml""",
     "eval": "vislab eval configs/quickstart/digits.yaml weights=runs/digits/20261128-101500",
-    "predict": "vislab predict --weights runs/digits/20261128-101500 img1.png img2.jpg",
+    "predict": """\
+        vislab predict --weights runs/digits/20261128-101500 img1.png img2.jpg
+        vislab predict --weights runs/shapes_mask_rcnn_r18_gn/20261128-101500 street.jpg --out street.png
+        vislab predict --weights runs/moving_shapes_slowfast/20261128-101500 clip.mp4""",
     "models": """\
         vislab models --json --task classification
         vislab models --markdown > docs/model-zoo.md""",
     "flops": "vislab flops resnet50 --input 3x224x224",
     "convert": "vislab convert --from torchvision --model resnet50 resnet50-0676ba61.pth resnet50.safetensors",
+    "data": "vislab data shapes --out data/shapes --train 600 --val 100 --seed 0",
 }
 
 
@@ -42,11 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--out", help="where to write the metrics JSON (default: beside the weights)")
 
-    p = add("predict", "Print the top-5 classes of each image.")
+    p = add("predict", "Print the top-5 classes of each image or video (multi-view), or draw a detector's "
+                       "boxes and masks.")
     p.add_argument("--weights", required=True, help="weights file, checkpoint folder or run folder")
     p.add_argument("--model", help="registry name, for weights without vislab metadata")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("images", nargs="+")
+    p.add_argument("--topk", type=int, default=5, help="classifiers: classes shown per image")
+    p.add_argument("--out", help="detectors: the output PNG (one image) or folder (several)")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="detectors: lowest score drawn")
+    p.add_argument("images", nargs="+", metavar="FILE", help="images, or videos for a video model")
 
     p = add("models", "List registered models with params, GMACs and reference figures.")
     p.add_argument("--json", action="store_true", help="one JSON object per model")
@@ -59,12 +66,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="model options, e.g. norm=GN")
 
     p = add("convert", "Convert weights from another codebase into vislab safetensors.")
-    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "timm"])
+    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "timm", "detectron2", "mae", "moco", "pytorchvideo"])
     p.add_argument("--model", required=True, help="vislab registry name")
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="model options of a non-default variant, e.g. global_pool=avg")
+
+    p = add("data", "Generate an embedded synthetic dataset.")
+    data = p.add_subparsers(dest="dataset", required=True)
+    shapes = data.add_parser("shapes", help="COCO-format detection set of shapes on textured backgrounds")
+    shapes.add_argument("--out", required=True, help="folder to generate into (kept if already generated)")
+    shapes.add_argument("--train", type=int, default=600, help="training images")
+    shapes.add_argument("--val", type=int, default=100, help="validation images")
+    shapes.add_argument("--seed", type=int, default=0)
+    moving = data.add_parser("moving-shapes", help="mp4 clips of one shape whose motion alone is its class")
+    moving.add_argument("--out", required=True, help="folder to generate into (kept if already generated)")
+    moving.add_argument("--train", type=int, default=800, help="training videos")
+    moving.add_argument("--val", type=int, default=160, help="validation videos")
+    moving.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -79,13 +99,18 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _metric(name: str, value: float) -> str:
+    """Accuracies and APs (fractions) as percentages; losses as they are."""
+    return f"{value:.4f}" if name.endswith("loss") else f"{value:.2%}"
+
+
 def _print_summary(cfg, summary: dict) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
     final, best = summary["final"], summary["best"]
-    metrics = ", ".join(f"{k.removeprefix('val/')} {v:.2%}" for k, v in final.items() if k.startswith("val/"))
+    metrics = ", ".join(f"{k.removeprefix('val/')} {_metric(k, v)}" for k, v in final.items() if k.startswith("val/"))
     print(f"{cfg.recipe or cfg.model.name}: val {metrics}; best {best['metric'].removeprefix('val/')} "
-          f"{best['value']:.2%} at epoch {best['epoch']}; {summary['epochs']} epochs, {summary['steps']} "
+          f"{_metric(best['metric'], best['value'])} at epoch {best['epoch']}; {summary['epochs']} epochs, {summary['steps']} "
           f"steps in {summary['seconds']:.1f} s; run {summary['run_dir']}")
 
 
@@ -104,22 +129,61 @@ def _cmd_eval(args) -> int:
     task = build_task(cfg)
     model = task.build_model().to(device)
     single = DistInfo()
-    metrics = task.evaluate(model, task.build_val_loader(single), device=device, dist=single)
-    record = {"weights": str(weights), **{f"val/{k}": v for k, v in metrics.items()}}
     out = Path(args.out) if args.out else weights.parent / "eval.json"
+    metrics = task.evaluate(model, task.build_val_loader(single), device=device, dist=single,
+                            out_dir=out.parent / out.stem)
+    record = {"weights": str(weights), **{f"val/{k}": v for k, v in metrics.items()}}
     out.write_text(json.dumps(record, indent=2))
     print("  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)) + f"  -> {out}")
     return 0
 
 
 def _cmd_predict(args) -> int:
-    from vislab.predict import load_predictor
+    from vislab.predict import DetectionPredictor, VideoPredictor, load_predictor
 
     predictor = load_predictor(args.weights, model_name=args.model)
+    if isinstance(predictor, DetectionPredictor):
+        return _predict_detections(predictor, args)
+    if isinstance(predictor, VideoPredictor):
+        for path in args.images:
+            top, num_views = predictor.predict(path, topk=args.topk)
+            print(f"{path} ({num_views} views: {predictor.num_clips} clips x {num_views // predictor.num_clips} crops)")
+            for label, prob in top:
+                print(f"  {prob:7.2%}  {label}")
+        return 0
     for path, top in zip(args.images, predictor.predict(args.images, topk=args.topk)):
         print(path)
         for label, prob in top:
             print(f"  {prob:7.2%}  {label}")
+    return 0
+
+
+def _predict_detections(predictor, args) -> int:
+    """Draw each image's detections into a PNG and write them as JSON beside it: ``--out`` is the
+    PNG for one image, a folder for several (default: IMAGE.pred.png beside each image)."""
+    from vislab.data.datasets.image_folder import read_rgb
+    from vislab.utils.files import atomic_write_text
+    from vislab.visualize.detection import detections_to_json, draw_detections
+
+    for path in map(Path, args.images):
+        if args.out and len(args.images) == 1:
+            out = Path(args.out)
+        elif args.out:
+            out = Path(args.out) / f"{path.stem}.pred.png"
+        else:
+            out = path.with_name(f"{path.stem}.pred.png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result = predictor.predict(path)
+        drawn = draw_detections(read_rgb(path), boxes=result["boxes"], labels=result["labels"],
+                                scores=result["scores"], masks=result.get("masks"),
+                                class_names=predictor.classes, score_threshold=args.score_threshold)
+        drawn.save(out)
+        keep = result["scores"] >= args.score_threshold
+        records = detections_to_json(boxes=result["boxes"][keep], labels=result["labels"][keep],
+                                     scores=result["scores"][keep], class_names=predictor.classes,
+                                     masks=result["masks"][keep] if "masks" in result else None)
+        atomic_write_text(out.with_suffix(".json"), json.dumps({"image": str(path), "detections": records}))
+        print(f"{path}: {len(records)} detections above {args.score_threshold} -> {out}, {out.with_suffix('.json')}")
     return 0
 
 
@@ -140,7 +204,8 @@ def _cmd_models(args) -> int:
             print(json.dumps(info))
         else:
             ref = info["reference"] or {}
-            print(f"{name:24} {info['task']:15} {info['params']:>12,} {info['gmacs']:>8.3f} "
+            gmacs = "—" if info["gmacs"] is None else f"{info['gmacs']:.3f}"
+            print(f"{name:24} {info['task']:15} {info['params']:>12,} {gmacs:>8} "
                   f"{ref.get('gmacs') or '':>9}  {'x'.join(map(str, info['input']))}")
     return 0
 
@@ -158,7 +223,8 @@ def _cmd_flops(args) -> int:
             raise SystemExit(f"vislab flops: --input {args.input!r} is not of the form CxHxW") from None
     info = model_info(args.name, input_size=size, **parse_overrides(args.overrides))
     ref = info["reference"] or {}
-    print(f"{info['name']}: {info['params']:,} params, {info['gmacs']:.3f} GMACs at "
+    gmacs = "no GMACs (they depend on the detections)" if info["gmacs"] is None else f"{info['gmacs']:.3f} GMACs"
+    print(f"{info['name']}: {info['params']:,} params, {gmacs} at "
           f"{'x'.join(map(str, info['input']))}"
           + (f" (published: {ref['params']:,} params"
              + (f", {ref['gmacs']} GMACs" if ref.get("gmacs") else "")
@@ -178,6 +244,27 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _data_shapes(args) -> dict:
+    from vislab.data.datasets.shapes import ensure_shapes
+
+    return ensure_shapes(Path(args.out), train=args.train, val=args.val, seed=args.seed)
+
+
+def _data_moving_shapes(args) -> dict:
+    from vislab.data.datasets.moving_shapes import ensure_moving_shapes
+
+    return ensure_moving_shapes(Path(args.out), train=args.train, val=args.val, seed=args.seed)
+
+
+DATASETS = {"shapes": _data_shapes, "moving-shapes": _data_moving_shapes}
+
+
+def _cmd_data(args) -> int:
+    for name, path in DATASETS[args.dataset](args).items():
+        print(f"{name:18} {path}")
+    return 0
+
+
 def _one_line(exc: BaseException) -> str:
     """The error's message; for one re-raised from a DataLoader worker (whose message carries
     the worker's traceback) the original error's last line."""
@@ -188,7 +275,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "models": _cmd_models,
-            "flops": _cmd_flops, "convert": _cmd_convert}
+            "flops": _cmd_flops, "convert": _cmd_convert, "data": _cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

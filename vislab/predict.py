@@ -1,4 +1,6 @@
-"""Classifying image files with trained weights, rebuilding the model from their metadata."""
+"""Predicting on image or video files with trained weights, rebuilding the model from their
+metadata: top-k classes for a classifier; boxes, classes, scores and masks for a detector;
+multi-view top-k classes for a video model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,12 +8,14 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from vislab.config import load_config
+from vislab.config import load_config, model_kwargs
 from vislab.data.datasets.image_folder import read_rgb
 from vislab.engine.checkpoint import resolve_weights
+from vislab.models import create_model
+from vislab.models.detection.postprocess import to_original_size
 from vislab.models.registry import get_entry
 from vislab.tasks.classification import classifier_from_config, eval_transform_from
 from vislab.weights import WeightsError, load_state_dict, read_weights
@@ -33,25 +37,90 @@ class Predictor:
                 for vs, ix in zip(values, indices)]
 
 
-def load_predictor(weights: str | Path, *, model_name: str | None = None) -> Predictor:
+@dataclass
+class DetectionPredictor:
+    model: nn.Module
+    transform: object
+    classes: list[str]
+
+    @torch.no_grad()
+    def predict(self, path: str | Path) -> dict[str, torch.Tensor]:
+        """Detections on the image at its own resolution: ``boxes`` (xyxy), ``scores``,
+        ``labels`` and, for Mask R-CNN, bool ``masks`` [N, H, W]."""
+        image = read_rgb(path)
+        tensor = self.transform(image)
+        size = tuple(tensor.shape[-2:])
+        detections = self.model(tensor[None], [size])
+        return to_original_size(detections, input_sizes=[size], original_sizes=[(image.height, image.width)])[0]
+
+
+@dataclass
+class VideoPredictor:
+    model: nn.Module
+    views: object
+    classes: list[str]
+    num_frames: int
+    stride: int
+    num_clips: int
+
+    @torch.no_grad()
+    def predict(self, path: str | Path, *, topk: int = 5) -> tuple[list[tuple[str, float]], int]:
+        """The ``topk`` (class, probability) pairs of a video, its softmax averaged over
+        ``num_clips`` uniformly spaced clips x the crops of ``views``, and the number of views."""
+        from vislab.data.video.decode import VideoReader
+        from vislab.data.video.sampling import test_clip_indices
+
+        with VideoReader(path) as video:
+            clips = test_clip_indices(num_frames_video=video.num_frames, num_frames=self.num_frames,
+                                      stride=self.stride, num_clips=self.num_clips)
+            frames = video.frames([i for clip in clips for i in clip])
+        views = torch.stack([view for clip in frames.split(self.num_frames) for view in self.views(clip)])
+        probs = self.model(views).float().softmax(dim=1).mean(dim=0)
+        values, indices = probs.topk(min(topk, probs.numel()))
+        return [(self.classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())], len(views)
+
+
+def _config_and_classes(path: Path, metadata: dict, model_name: str | None) -> tuple[DictConfig, list[str]]:
+    if "config" in metadata:
+        return OmegaConf.create(metadata["config"]), list(metadata["classes"])
+    name = model_name or metadata.get("model")
+    if name is None:
+        raise WeightsError(f"{path} carries no model name; pass --model NAME")
+    entry = get_entry(name)
+    options = metadata.get("options", {})
+    overrides = [f"model.name={name}", f"task={entry.task}", *(f"model.{k}={v}" for k, v in options.items())]
+    if entry.task == "classification":
+        overrides.append(f"data.image_size={options.get('img_size', entry.input_size[-1])}")
+    num_classes = int(metadata.get("num_classes") or entry.num_classes)
+    return load_config(None, overrides), [str(i) for i in range(num_classes)]
+
+
+def load_predictor(weights: str | Path, *,
+                   model_name: str | None = None) -> Predictor | DetectionPredictor | VideoPredictor:
     """A predictor from vislab weights (their metadata holds the run's config and classes) or,
     for converted weights, from the model name and options in their metadata (or
-    ``model_name``), with the schema's ImageNet normalisation at the model's input size."""
+    ``model_name``), with the schema's ImageNet normalisation and input size."""
+    from vislab.tasks.detection import eval_transform_of
+
     path = resolve_weights(weights)
     state_dict, metadata = read_weights(path)
-    if "config" in metadata:
-        cfg = OmegaConf.create(metadata["config"])
-        classes = list(metadata["classes"])
+    cfg, classes = _config_and_classes(path, metadata, model_name)
+    if cfg.task == "video":
+        from vislab.tasks.video import eval_views_of
+
+        model = create_model(cfg.model.name, num_classes=len(classes), **model_kwargs(cfg))
+        d = cfg.data
+        predictor = VideoPredictor(model=model, views=eval_views_of(cfg), classes=classes, num_frames=d.num_frames,
+                                   stride=d.frame_stride, num_clips=d.test_clips)
+    elif cfg.task == "detection":
+        model = create_model(cfg.model.name, num_classes=len(classes), **model_kwargs(cfg))
+        predictor = DetectionPredictor(model=model, transform=eval_transform_of(cfg), classes=classes)
+    elif cfg.task == "classification":
+        model = classifier_from_config(cfg, num_classes=len(classes))
+        predictor = Predictor(model=model, transform=eval_transform_from(cfg), classes=classes)
     else:
-        name = model_name or metadata.get("model")
-        if name is None:
-            raise WeightsError(f"{path} carries no model name; pass --model NAME")
-        entry = get_entry(name)
-        options = metadata.get("options", {})
-        side = options.get("img_size", entry.input_size[-1])
-        cfg = load_config(None, [f"model.name={name}", f"data.image_size={side}",
-                                 *(f"model.{k}={v}" for k, v in options.items())])
-        classes = [str(i) for i in range(int(metadata.get("num_classes", entry.num_classes)))]
-    model = classifier_from_config(cfg, num_classes=len(classes))
+        raise WeightsError(f"{path} holds a {cfg.task} model ({cfg.model.name}); `vislab predict` runs "
+                           f"classifiers, detectors and video models; load its backbone with pretrained=...")
     load_state_dict(model, state_dict, strict=True, source=f"weights file {path}")
-    return Predictor(model=model.eval(), transform=eval_transform_from(cfg), classes=classes)
+    model.eval()
+    return predictor

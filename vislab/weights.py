@@ -124,15 +124,18 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
 
 
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> LoadReport:
-    """Initialise every parameter of ``model`` but its classifier head (``head.*``) from
-    ``path``, as transfer learning does; the file's own head is left out. Any other key that
-    does not fit is an error naming it."""
+    """Initialise ``model.backbone`` from the ``backbone.*`` tensors of ``path``, as transfer
+    learning does: the file may come from a classifier, a detector or a self-supervised
+    pre-training run, and whatever else it holds (classifier head, decoder, momentum encoder,
+    queue) is left out. A backbone tensor that is missing or does not fit is an error naming it."""
     state_dict, _ = read_weights(path)
-    backbone_state = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
-    report = check_state_dict(model, backbone_state)
-    report.missing = [k for k in report.missing if not k.startswith("head.")]
+    backbone_state = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+    if not backbone_state:
+        raise WeightsError(f"pretrained weights {path} hold no backbone.* tensors; convert them with "
+                           f"`vislab convert` first")
+    report = check_state_dict(model.backbone, backbone_state)
     if not report.ok:
         raise WeightsError(f"pretrained weights {path} do not fit the backbone of "
                            f"{type(model).__name__}: {report.describe()}")
-    model.load_state_dict(backbone_state, strict=False)
+    model.backbone.load_state_dict(backbone_state, strict=False)
     return report

@@ -12,8 +12,10 @@ from typing import Any, Dict, List, Optional
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | image_folder
-    root: Optional[str] = None  # image_folder: a folder holding train_split/ and val_split/
+    name: str = "digits"  # digits | image_folder | coco | shapes | video_list | moving_shapes
+    root: Optional[str] = None  # image_folder: a folder holding train_split/ and val_split/;
+    # coco: the folder the annotation and image paths below are relative to; shapes: where the
+    # synthetic set is generated on first use
     train_split: str = "train"
     val_split: str = "val"
     image_size: int = 224  # side of the square crop fed to the model
@@ -34,11 +36,37 @@ class DataConfig:
     skip_bad: bool = False  # skip (and count) unreadable images instead of stopping
     max_train_samples: Optional[int] = None  # a fixed subset of the training set (nested across sizes)
     max_val_samples: Optional[int] = None
+    # detection (coco, shapes)
+    train_annotations: Optional[str] = None  # coco: COCO JSON of the training split
+    train_images: Optional[str] = None  # coco: folder of the training images
+    val_annotations: Optional[str] = None
+    val_images: Optional[str] = None
+    synthetic_train: int = 600  # shapes, moving_shapes: images or clips generated per split
+    synthetic_val: int = 100
+    synthetic_seed: int = 0
+    min_sizes: List[int] = field(default_factory=lambda: [800])  # shorter side, one drawn per image
+    max_size: int = 1333  # longer side at most this
+    test_min_size: int = 800
+    lsj_size: Optional[int] = None  # set: large-scale jitter to this square (ViTDet) instead
+    lsj_scale: List[float] = field(default_factory=lambda: [0.1, 2.0])
+    size_divisibility: int = 32  # batches are padded to a multiple of this
+    train_empty_images: bool = False  # train on images without annotations too
+    # video (video_list, moving_shapes)
+    train_list: Optional[str] = None  # video_list: "path label" or "path,label" lines, paths under root
+    val_list: Optional[str] = None
+    num_frames: int = 8  # frames per clip (T)
+    frame_stride: int = 8  # frames between sampled frames (tau)
+    short_side_range: List[int] = field(default_factory=lambda: [256, 320])  # training scale jitter
+    test_short_side: int = 256
+    test_clips: int = 10  # multi-view testing: clips x crops views, softmax scores averaged
+    test_crops: int = 3
+    # pre-training
+    knn_bank: Optional[int] = 10000  # labelled training images the k-NN monitor compares with
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
+    name: str = "sgd"  # sgd | adamw | lars
     lr: float = 0.1
     base_lr: Optional[float] = None  # set: lr = base_lr * global batch / 256 (Goyal et al., 2017)
     layer_decay: Optional[float] = None  # layer-wise lr decay (BEiT, MAE): lr * decay^(depth - layer)
@@ -90,6 +118,7 @@ class Config:
     weights: Optional[str] = None  # initialise (train) or evaluate (eval) these model weights
     pretrained: Optional[str] = None  # initialise the backbone only (head left out): transfer learning
     bit_hyperrule: bool = False  # BiT-HyperRule: schedule, resolution and mixup from the data
+    linear_probe: bool = False  # classification: frozen backbone, BatchNorm (no affine) + linear head
     model: Dict[str, Any] = field(default_factory=lambda: {"name": "resnet18"})
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -99,9 +128,9 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "task": ("classification",),
-    "data.name": ("digits", "image_folder"),
-    "optim.name": ("sgd", "adamw"),
+    "task": ("classification", "detection", "pretrain", "video"),
+    "data.name": ("digits", "image_folder", "coco", "shapes", "video_list", "moving_shapes"),
+    "optim.name": ("sgd", "adamw", "lars"),
     "schedule.name": ("cosine", "step", "constant"),
     "train.amp_dtype": ("bf16", "fp16"),
 }

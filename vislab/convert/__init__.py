@@ -11,11 +11,17 @@ from typing import Any, Callable
 
 import torch
 
+from vislab.convert.detectron2 import detectron2_rcnn
+from vislab.convert.mae import mae_encoder, mae_pretrain
+from vislab.convert.moco import moco_resnet, moco_vit
+from vislab.convert.pytorchvideo import pytorchvideo_resnet3d, pytorchvideo_slowfast, pytorchvideo_x3d
+from vislab.convert.pytorchvideo_mvit import pytorchvideo_mvit
 from vislab.convert.timm_convnext import timm_convnext
 from vislab.convert.timm_mvitv2 import timm_mvitv2
 from vislab.convert.timm_resnetv2 import timm_resnetv2
 from vislab.convert.timm_vit import timm_vit
 from vislab.convert.torchvision import torchvision_resnet
+from vislab.convert.torchvision_detection import TORCHVISION_RCNN_OPTIONS, torchvision_rcnn
 from vislab.models.registry import create_model, get_entry
 from vislab.weights import WeightsError, load_state_dict, read_weights, save_weights
 
@@ -23,11 +29,42 @@ Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 CONVERTERS: dict[tuple[str, str], Converter] = {
     ("torchvision", "resnet"): torchvision_resnet,
+    ("torchvision", "rcnn"): torchvision_rcnn,
+    ("detectron2", "rcnn"): detectron2_rcnn,
     ("timm", "convnext"): timm_convnext,
     ("timm", "resnetv2"): timm_resnetv2,
     ("timm", "vit"): timm_vit,
     ("timm", "mvitv2"): timm_mvitv2,
+    ("mae", "mae"): mae_pretrain,
+    ("mae", "vit"): mae_encoder,
+    ("moco", "resnet"): moco_resnet,
+    ("moco", "vit"): moco_vit,
+    ("pytorchvideo", "mvit_video"): pytorchvideo_mvit,
+    ("pytorchvideo", "resnet3d"): pytorchvideo_resnet3d,
+    ("pytorchvideo", "slowfast"): pytorchvideo_slowfast,
+    ("pytorchvideo", "x3d"): pytorchvideo_x3d,
 }
+
+# options that reproduce the source's numerics, recorded with the converted weights
+SOURCE_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("torchvision", "rcnn"): TORCHVISION_RCNN_OPTIONS,
+}
+
+# where the class count can be read, and how many of those rows are background
+CLASS_ROWS = (("head.fc.weight", 0), ("roi_heads.box_predictor.cls_score.weight", 1))
+
+
+def class_count(converted: dict[str, torch.Tensor]) -> int | None:
+    """Classes of the converted classifier or detector; None for a headless encoder."""
+    for key, background in CLASS_ROWS:
+        if key in converted:
+            return converted[key].shape[0] - background
+    return None
+
+
+def source_options(*, source: str, model_name: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The source's own numerics (e.g. torchvision's RoIAlign), overridden by ``options``."""
+    return {**SOURCE_OPTIONS.get((source, get_entry(model_name).family), {}), **(options or {})}
 
 
 def convert_state_dict(*, source: str, model_name: str, state_dict: dict[str, torch.Tensor],
@@ -42,9 +79,15 @@ def convert_state_dict(*, source: str, model_name: str, state_dict: dict[str, to
         raise WeightsError(f"no converter from {source} for {model_name} (family {entry.family}); "
                            f"available: {', '.join(known)}")
     converted = converter(state_dict)
-    num_classes = converted["head.fc.weight"].shape[0] if "head.fc.weight" in converted else None
-    model = create_model(model_name, num_classes=num_classes, **(options or {}))
-    load_state_dict(model, converted, strict=True, source=f"{source} weights converted for {model_name}")
+    num_classes = class_count(converted)
+    model = create_model(model_name, num_classes=num_classes,
+                         **source_options(source=source, model_name=model_name, options=options))
+    described = f"{source} weights converted for {model_name}"
+    if num_classes is None and hasattr(model, "head"):  # a self-supervised encoder: its backbone must fit
+        backbone_state = {key.removeprefix("backbone."): value for key, value in converted.items()}
+        load_state_dict(model.backbone, backbone_state, strict=True, source=f"{described} (backbone)")
+    else:
+        load_state_dict(model, converted, strict=True, source=described)
     return converted, model
 
 
@@ -53,9 +96,11 @@ def convert_file(*, source: str, model_name: str, src: str | Path, dst: str | Pa
     """Convert ``src`` to vislab safetensors at ``dst``; the metadata records the model name,
     class count and options, so ``vislab predict`` can rebuild the model."""
     state_dict, _ = read_weights(src)
-    converted, model = convert_state_dict(source=source, model_name=model_name, state_dict=state_dict,
-                                          options=options)
-    num_classes = getattr(model, "num_classes", None)
+    converted, _ = convert_state_dict(source=source, model_name=model_name, state_dict=state_dict,
+                                      options=options)
+    num_classes = class_count(converted)
     save_weights(converted, dst, metadata={"model": model_name, "num_classes": num_classes,
-                                           "options": options or {}, "source": f"{source}:{Path(src).name}"})
-    return f"{len(converted)} tensors for {model_name} ({num_classes} classes)"
+                                           "options": source_options(source=source, model_name=model_name,
+                                                                     options=options),
+                                           "source": f"{source}:{Path(src).name}"})
+    return f"{len(converted)} tensors for {model_name}" + (f" ({num_classes} classes)" if num_classes else " (no classifier)")

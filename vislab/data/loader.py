@@ -19,6 +19,24 @@ def collate_classification(samples: list) -> dict:
             "skipped": len(samples) - len(kept)}
 
 
+def collate_detection(samples: list, *, size_divisibility: int) -> dict:
+    """Pad ``(image, target)`` pairs with zeros at the bottom/right to one size, a multiple of
+    ``size_divisibility`` (the backbone's largest stride, as detectron2's ImageList); ``None``
+    samples are dropped and counted. Masks keep their image's unpadded size [N, h, w]."""
+    kept = [s for s in samples if s is not None]
+    image_sizes = [tuple(image.shape[-2:]) for image, _ in kept]
+    images = torch.empty(0)
+    if kept:
+        stride = max(size_divisibility, 1)
+        height, width = (-(-max(sides) // stride) * stride for sides in zip(*image_sizes))
+        images = torch.zeros((len(kept), kept[0][0].shape[0], height, width), dtype=kept[0][0].dtype)
+        for padded, (image, _) in zip(images, kept):
+            padded[:, :image.shape[-2], :image.shape[-1]] = image
+    targets = [{key: value.as_subclass(torch.Tensor) if isinstance(value, torch.Tensor) else value
+                for key, value in target.items()} for _, target in kept]
+    return {"images": images, "image_sizes": image_sizes, "targets": targets, "skipped": len(samples) - len(kept)}
+
+
 def seed_worker(worker_id: int) -> None:
     """Give each worker's numpy and ``random`` a seed derived from its torch seed."""
     seed = torch.initial_seed() % 2**32

@@ -74,23 +74,35 @@ class ShardSampler(Sampler):
 
 
 class SeededSamples(Dataset):
-    """Applies ``transform`` to ``dataset[index]`` under a torch RNG seeded by the sampler."""
+    """Applies ``transform`` to ``dataset[index]`` under a torch RNG seeded by the sampler.
 
-    def __init__(self, dataset: Dataset, transform):
+    With ``joint`` the transform takes and returns ``(image, target)`` together (detection: a v2
+    transform moves boxes and masks with the image); otherwise it takes the image alone. The
+    dataset is read under the seeded RNG too, so a dataset that draws its own randomness from
+    torch and transforms its own samples (video clips) is seeded with ``transform=None``.
+    """
+
+    def __init__(self, dataset: Dataset, transform, *, joint: bool = False):
         self.dataset = dataset
         self.transform = transform
+        self.joint = joint
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: int | tuple[int, int]):
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
-        sample = self.dataset[index]
-        if sample is None:
-            return None
-        image, label = sample
         if sample_seed is None:
-            return self.transform(image), label
+            return self._load(index)
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(sample_seed)
-            return self.transform(image), label
+            return self._load(index)
+
+    def _load(self, index: int):
+        sample = self.dataset[index]
+        if sample is None or self.transform is None:
+            return sample
+        image, label = sample
+        if self.joint:
+            return self.transform(image, label)
+        return self.transform(image), label

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vislab.engine.lars import LARS
+
 
 def param_groups(model: nn.Module, *, weight_decay: float, decay_norm_and_bias: bool,
                  layer_decay: float | None = None) -> list[dict]:
@@ -43,4 +45,6 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: flo
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
-    raise ValueError(f"unknown optimizer {name!r}; choose sgd or adamw")
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    raise ValueError(f"unknown optimizer {name!r}; choose sgd, adamw or lars")

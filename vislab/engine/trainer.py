@@ -221,7 +221,8 @@ class Trainer:
         record = {}
         for prefix, model in models.items():
             with autocast_context(self.device, enabled=self.amp, dtype=self.cfg.train.amp_dtype):
-                metrics = self.task.evaluate(model, self.val_loader, device=self.device, dist=self.dist)
+                metrics = self.task.evaluate(model, self.val_loader, device=self.device, dist=self.dist,
+                                             out_dir=self.run_dir / prefix)
             record.update({f"{prefix}/{k}": v for k, v in metrics.items()})
         self.last_eval = {"epoch": self.epoch, **record}
         key = f"val/{self.task.primary_metric}"

@@ -34,7 +34,8 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
         shift = self.bias - self.running_mean * scale
-        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # (N, C, H, W), or (N, C, T, H, W) for video
+        return x * scale.view(shape).to(x.dtype) + shift.view(shape).to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # BatchNorm checkpoints carry a step counter that frozen statistics do not need.
@@ -73,16 +74,19 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
-def get_norm(name: str | None, num_channels: int, *, groups: int = 32) -> nn.Module:
+def get_norm(name: str | None, num_channels: int, *, groups: int = 32, dims: int = 2) -> nn.Module:
     """Build the norm layer called ``name`` for ``num_channels`` channels.
 
     ``groups`` is GroupNorm's group count (32 in the GN paper, section 3.1); a channel count it
-    does not divide is an error rather than a silent fallback.
+    does not divide is an error rather than a silent fallback. ``dims=3`` builds the norm for
+    ``(N, C, T, H, W)`` video features (BatchNorm3d); LN is channels-first 2-D only.
     """
+    if dims not in (2, 3):
+        raise ValueError(f"norm dims must be 2 or 3, got {dims}")
     if name is None or name == "none":
         return nn.Identity()
     if name == "BN":
-        return nn.BatchNorm2d(num_channels)
+        return nn.BatchNorm2d(num_channels) if dims == 2 else nn.BatchNorm3d(num_channels)
     if name == "SyncBN":
         return nn.SyncBatchNorm(num_channels)
     if name == "FrozenBN":
@@ -95,5 +99,7 @@ def get_norm(name: str | None, num_channels: int, *, groups: int = 32) -> nn.Mod
             )
         return nn.GroupNorm(groups, num_channels)
     if name == "LN":
+        if dims != 2:
+            raise ValueError(f"norm=LN is channels-first LayerNorm of 2-D maps; it has no {dims}-D form")
         return LayerNorm2d(num_channels, eps=1e-6)
     raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORM_NAMES)}")

@@ -8,7 +8,14 @@ video MViT can reuse them with a temporal axis:
 
 - ``pool_tokens`` reshapes tokens to a grid, applies a pooling op and flattens back;
 - ``relative_positions`` looks up the embeddings of every query-key offset along one axis;
-- ``decomposed_rel_pos_bias`` sums them over the axes into an additive attention bias.
+- ``decomposed_rel_pos_bias`` sums them over the axes into an additive attention bias: on a
+  ``(T, H, W)`` grid the temporal term of MViTv2 (section 4.1, ``R_t`` beside ``R_h`` and
+  ``R_w``) is the first table, ``rel_pos_t`` (PySlowFast's ``cal_rel_pos_temporal`` beside
+  ``cal_rel_pos_spatial``).
+
+Video MViT prepends a class token to the grid (``num_prefix_tokens=1``). As in PySlowFast's
+``attention_pool``, the class token skips every pooling but is normalised with the pooled
+tokens; it takes no relative-position bias and no residual pooling.
 
 The parameter layout (``qkv``, ``proj``, ``rel_pos_h``/``rel_pos_w``) and the arithmetic are
 those of the official MViTv2 code and timm's ``mvitv2.py``; pooling is "conv" pooling (a
@@ -29,15 +36,18 @@ AXIS_NAMES = ("t", "h", "w")
 CONVOLUTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
 
 
-def pool_tokens(x: torch.Tensor, thw: Sequence[int], pool: nn.Module) -> tuple[torch.Tensor, Grid]:
+def pool_tokens(x: torch.Tensor, thw: Sequence[int], pool: nn.Module, *,
+                num_prefix_tokens: int = 0) -> tuple[torch.Tensor, Grid]:
     """Apply ``pool`` (a module on ``(B * heads, C, *thw)`` maps) to tokens ``(B, heads, N, C)``
-    on grid ``thw``; returns the pooled tokens ``(B, heads, N', C)`` and their grid."""
+    on grid ``thw``, after ``num_prefix_tokens`` leading tokens (a class token) that are kept
+    as they are; returns the pooled tokens ``(B, heads, N', C)`` and their grid."""
+    prefix, x = x[:, :, :num_prefix_tokens], x[:, :, num_prefix_tokens:]
     batch, heads, _, channels = x.shape
     grid = x.reshape(batch * heads, *thw, channels).movedim(-1, 1)
     grid = pool(grid)
     pooled_thw = tuple(grid.shape[2:])
     tokens = grid.flatten(2).transpose(1, 2).reshape(batch, heads, -1, channels)
-    return tokens, pooled_thw
+    return (torch.cat([prefix, tokens], dim=2) if num_prefix_tokens else tokens), pooled_thw
 
 
 def needs_pooling(kernel: Sequence[int], stride: Sequence[int]) -> bool:
@@ -48,7 +58,7 @@ def needs_pooling(kernel: Sequence[int], stride: Sequence[int]) -> bool:
 class TokenPool(nn.Module):
     """The pooling operator P(.; Theta) of MViT section 3.1 in its "conv" form, the one MViTv2
     uses: a depthwise strided convolution with 'same' padding over each head's channels, then
-    LayerNorm over those channels."""
+    LayerNorm over those channels (prefix tokens included)."""
 
     def __init__(self, channels: int, *, kernel: Sequence[int], stride: Sequence[int], eps: float):
         super().__init__()
@@ -57,8 +67,9 @@ class TokenPool(nn.Module):
                                               bias=False)
         self.norm = nn.LayerNorm(channels, eps=eps)
 
-    def forward(self, x: torch.Tensor, thw: Sequence[int]) -> tuple[torch.Tensor, Grid]:
-        x, thw = pool_tokens(x, thw, self.conv)
+    def forward(self, x: torch.Tensor, thw: Sequence[int], *,
+                num_prefix_tokens: int = 0) -> tuple[torch.Tensor, Grid]:
+        x, thw = pool_tokens(x, thw, self.conv, num_prefix_tokens=num_prefix_tokens)
         return self.norm(x), thw
 
 
@@ -121,6 +132,9 @@ class PoolingAttention(nn.Module):
             relative-position table lengths (other grids resample them).
         q_stride, kv_stride, pool_kernel: per-axis pooling strides and kernel; ``q_stride``
             sets the output grid, ``kv_stride`` shrinks keys and values (MViT section 3.1).
+        q_pool_kernel: the queries' kernel if not ``pool_kernel``; MViT v1 pools queries only
+            where it strides them, so its other blocks pass a kernel of ones (no query pooling).
+        num_prefix_tokens: leading tokens (a class token) outside the grid.
         residual_pooling: add the pooled queries to the attention output (MViTv2 eq. (4)).
         rel_pos: decomposed relative position embeddings (MViTv2 section 4.1, eqs. (2)-(3)).
         qkv_bias: learned bias on queries, keys and values.
@@ -129,6 +143,7 @@ class PoolingAttention(nn.Module):
 
     def __init__(self, dim: int, dim_out: int, *, num_heads: int, input_size: Sequence[int],
                  q_stride: Sequence[int], kv_stride: Sequence[int], pool_kernel: Sequence[int],
+                 q_pool_kernel: Sequence[int] | None = None, num_prefix_tokens: int = 0,
                  residual_pooling: bool = True, rel_pos: bool = True, qkv_bias: bool = True,
                  eps: float = 1e-6):
         super().__init__()
@@ -137,10 +152,11 @@ class PoolingAttention(nn.Module):
         self.num_heads = num_heads
         self.dim_out = dim_out
         self.head_dim = dim_out // num_heads
+        self.num_prefix_tokens = num_prefix_tokens
         self.residual_pooling = residual_pooling
         self.qkv = nn.Linear(dim, 3 * dim_out, bias=qkv_bias)
         self.proj = nn.Linear(dim_out, dim_out)
-        self.pool_q = self._token_pool(pool_kernel, q_stride, eps)
+        self.pool_q = self._token_pool(pool_kernel if q_pool_kernel is None else q_pool_kernel, q_stride, eps)
         self.pool_k = self._token_pool(pool_kernel, kv_stride, eps)
         self.pool_v = self._token_pool(pool_kernel, kv_stride, eps)
         self.rel_pos_axes = AXIS_NAMES[-len(input_size):] if rel_pos else ()
@@ -164,16 +180,21 @@ class PoolingAttention(nn.Module):
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        q, q_thw = _pool(self.pool_q, q, thw)
-        k, k_thw = _pool(self.pool_k, k, thw)
-        v, _ = _pool(self.pool_v, v, thw)
-        bias = decomposed_rel_pos_bias(q, q_thw, k_thw, self.rel_pos_tables) if self.rel_pos_axes else None
+        prefix = self.num_prefix_tokens
+        q, q_thw = _pool(self.pool_q, q, thw, prefix)
+        k, k_thw = _pool(self.pool_k, k, thw, prefix)
+        v, _ = _pool(self.pool_v, v, thw, prefix)
+        bias = None
+        if self.rel_pos_axes:  # prefix tokens take no bias: zero rows and columns before the grid's
+            bias = decomposed_rel_pos_bias(q[:, :, prefix:], q_thw, k_thw, self.rel_pos_tables)
+            bias = F.pad(bias, (prefix, 0, prefix, 0)) if prefix else bias
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        if self.residual_pooling:
-            out = out + q
+        if self.residual_pooling:  # pooled queries are added to the grid tokens only
+            out = out + (F.pad(q[:, :, prefix:], (0, 0, prefix, 0)) if prefix else q)
         out = out.transpose(1, 2).reshape(batch, -1, self.dim_out)
         return self.proj(out), q_thw
 
 
-def _pool(pool: TokenPool | None, x: torch.Tensor, thw: Sequence[int]) -> tuple[torch.Tensor, Grid]:
-    return (x, tuple(thw)) if pool is None else pool(x, thw)
+def _pool(pool: TokenPool | None, x: torch.Tensor, thw: Sequence[int],
+          num_prefix_tokens: int) -> tuple[torch.Tensor, Grid]:
+    return (x, tuple(thw)) if pool is None else pool(x, thw, num_prefix_tokens=num_prefix_tokens)

@@ -23,6 +23,22 @@ class ClassifierHead(nn.Module):
         return self.fc(self.dropout(x))
 
 
+class LinearProbeHead(nn.Module):
+    """BatchNorm without affine parameters, then a linear classifier: the linear-probing head of
+    MAE (appendix A.2), which normalises features of very different scales across encoders and is
+    still a linear classifier. Kept as ``fc`` so its weights convert like any head's."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_features, affine=False, eps=1e-6)
+        self.fc = nn.Linear(in_features, num_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x))
+
+
 class ImageClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, *, num_classes: int, dropout: float = 0.0,
                  head_init: Callable[[nn.Linear], None] | None = None, zero_init_head: bool = False):
@@ -37,12 +53,29 @@ class ImageClassifier(nn.Module):
         if zero_init_head:  # BiT-HyperRule (Kolesnikov et al., 2020, section 3.3)
             nn.init.zeros_(self.head.fc.weight)
             nn.init.zeros_(self.head.fc.bias)
+        self.frozen_backbone = False
+
+    def make_linear_probe(self) -> "ImageClassifier":
+        """Freeze the backbone (no gradients, norms in eval mode) and replace the head by a
+        ``LinearProbeHead``: the linear-probing protocol of self-supervised learning."""
+        self.backbone.requires_grad_(False)
+        self.frozen_backbone = True
+        self.head = LinearProbeHead(self.backbone.num_features, self.num_classes)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ImageClassifier":
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.backbone.forward_features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_pooled(x))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_backbone):
+            features = self.backbone.forward_pooled(x)
+        return self.head(features)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay (position embeddings, class tokens, ...)."""

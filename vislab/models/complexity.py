@@ -20,14 +20,16 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_gmacs(model: nn.Module, input_size: Sequence[int], *, batch_size: int = 1) -> float:
-    """Multiply-adds (in 1e9) of one forward pass of ``model`` on one input of ``input_size``."""
+    """Multiply-adds (in 1e9) of one forward pass of ``model`` on one input of ``input_size``
+    (a model taking several views of an image, such as MoCo, gets ``views_per_image`` of them)."""
     device = next(model.parameters()).device
     x = torch.zeros(batch_size, *input_size, device=device)
+    views = getattr(model, "views_per_image", 1)
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(x)
+        model(x if views == 1 else [x] * views)
     model.train(was_training)
     return counter.get_total_flops() / 2 / 1e9 / batch_size
 

@@ -8,12 +8,21 @@ from vislab.models.complexity import count_gmacs, count_params, on_meta
 from vislab.models.registry import create_model, get_entry
 
 
-@functools.lru_cache(maxsize=None)
-def _measure(name: str, size: tuple[int, ...]) -> tuple[int, float]:
-    """Params and GMACs of a registry model as registered (measuring builds it on meta and
-    runs it once, so the few seconds a large model takes are spent once per process)."""
-    model = on_meta(lambda: create_model(name))
+def _count(name: str, size: tuple[int, ...], overrides: dict[str, Any]) -> tuple[int, float | None]:
+    """Params and GMACs, measured on the meta device. A detector's multiply-adds depend on how
+    many proposals and detections its input yields, which a weightless forward cannot know, so
+    detectors report params only."""
+    model = on_meta(lambda: create_model(name, **overrides))
+    if get_entry(name).task == "detection":
+        return count_params(model), None
     return count_params(model), count_gmacs(model, size)
+
+
+@functools.lru_cache(maxsize=None)
+def _measure(name: str, size: tuple[int, ...]) -> tuple[int, float | None]:
+    """``_count`` of a registry model as registered, once per process (a large model takes a
+    few seconds)."""
+    return _count(name, size, {})
 
 
 def model_info(name: str, *, input_size: Sequence[int] | None = None, **overrides: Any) -> dict[str, Any]:
@@ -22,8 +31,7 @@ def model_info(name: str, *, input_size: Sequence[int] | None = None, **override
     entry = get_entry(name)
     size = tuple(input_size) if input_size is not None else entry.input_size
     if overrides:
-        model = on_meta(lambda: create_model(name, **overrides))
-        params, gmacs = count_params(model), count_gmacs(model, size)
+        params, gmacs = _count(name, size, overrides)
     else:
         params, gmacs = _measure(name, size)
     ref = entry.reference
@@ -31,7 +39,7 @@ def model_info(name: str, *, input_size: Sequence[int] | None = None, **override
         "name": name,
         "task": entry.task,
         "params": params,
-        "gmacs": round(gmacs, 4),
+        "gmacs": None if gmacs is None else round(gmacs, 4),
         "input": list(size),
         "num_classes": entry.num_classes,
         "reference": None if ref is None else {"params": ref.params, "gmacs": ref.gmacs, "top1": ref.top1,

@@ -9,7 +9,8 @@ HEADER = """# Model zoo
 Generated from the registry by `vislab models --markdown > docs/model-zoo.md`; a test fails
 when this page is stale. Params and GMACs are measured (GMACs = multiply-adds per image at the
 input shown, attention included, counted by PyTorch's FlopCounterMode); the published figures
-are those each model is held to: params exactly, GMACs within 2%.
+are those each model is held to: params exactly, GMACs within 2%. Detectors show no GMACs: an
+R-CNN's multiply-adds depend on the proposals and detections of its input.
 """
 
 
@@ -28,7 +29,7 @@ def render_zoo_page() -> str:
             ref = entry.reference
             lines.append(
                 f"| `{name}` | {entry.family} | {'x'.join(map(str, info['input']))} | {info['params']:,} | "
-                f"{info['gmacs']:.3f} | {_fmt(ref and ref.params, ',')} | {_fmt(ref and ref.gmacs, '')} | "
+                f"{_fmt(info['gmacs'], '.3f')} | {_fmt(ref and ref.params, ',')} | {_fmt(ref and ref.gmacs, '')} | "
                 f"{_fmt(ref and ref.top1, '.1f')} | {ref.source if ref else ''} |")
         lines.append("")
     return "\n".join(lines)

@@ -34,9 +34,11 @@ def build_dataset(cfg: DictConfig, split: str) -> Dataset:
 
 
 def classifier_from_config(cfg: DictConfig, *, num_classes: int) -> nn.Module:
-    """The model ``cfg.model`` describes, with ``num_classes`` outputs unless it names its own."""
-    return create_model(cfg.model.name, num_classes=cfg.model.get("num_classes") or num_classes,
-                        **model_kwargs(cfg))
+    """The model ``cfg.model`` describes, with ``num_classes`` outputs unless it names its own
+    (a linear probe's head with ``linear_probe``)."""
+    model = create_model(cfg.model.name, num_classes=cfg.model.get("num_classes") or num_classes,
+                         **model_kwargs(cfg))
+    return model.make_linear_probe() if cfg.linear_probe else model
 
 
 def eval_transform_from(cfg: DictConfig):
@@ -175,7 +177,9 @@ class ClassificationTask:
         return images
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader, *, device: torch.device, dist: DistInfo) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader, *, device: torch.device, dist: DistInfo,
+                 out_dir: Path | None = None) -> dict[str, float]:
+        """Top-1 and top-5 accuracy (%); ``out_dir`` is not used (the metrics are logged)."""
         was_training = model.training
         model.eval()
         acc = TopKAccumulator(num_classes=self.num_classes)

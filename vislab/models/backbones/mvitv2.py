@@ -14,6 +14,7 @@ The layout, LayerNorm eps 1e-6 and initialisation follow the official code and t
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Sequence
 
@@ -29,41 +30,52 @@ PATCH_STRIDE = 4
 Q_STRIDE = 2  # query pooling stride at each stage transition
 TOTAL_STRIDE = PATCH_STRIDE * Q_STRIDE ** (len(STAGE_NAMES) - 1)
 LAYER_NORM_EPS = 1e-6
+MAX_POOLS = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 
 
 class MultiScaleBlock(nn.Module):
-    """Pre-norm block (MViT, Fan et al., 2021): ``x + attn(LN(x))`` then ``x + mlp(LN(x))``.
+    """Pre-norm block (MViT, Fan et al., 2021): ``x + attn(LN(x))`` then ``x + mlp(LN(x))``, on
+    an ``(H, W)`` or ``(T, H, W)`` token grid after ``num_prefix_tokens`` class tokens.
 
     A block that pools its queries max-pools its attention shortcut with the same stride (kernel
-    stride + 1); a block that changes the width projects the shortcut of the branch that changes
-    it with a linear layer on the normalised input: the attention with ``dim_mul_in_att``
-    (MViTv2's default for T/S/B), else the MLP (as MViTv2-L).
+    stride + 1 along strided axes); a block that changes the width projects the shortcut of the
+    branch that changes it with a linear layer on the normalised input: the attention with
+    ``dim_mul_in_att`` (MViTv2's default for T/S/B), else the MLP (as MViTv2-L and MViT v1).
+    Strides and kernels are per grid axis; ``q_pool_kernel`` is the queries' kernel when it is
+    not ``pool_kernel`` (see ``PoolingAttention``); ``pool_norm_eps`` the epsilon of the
+    pooling LayerNorms.
     """
 
-    def __init__(self, dim: int, dim_out: int, *, num_heads: int, input_size: tuple[int, int],
-                 q_stride: int, kv_stride: int, pool_kernel: int, dim_mul_in_att: bool,
-                 mlp_ratio: float, residual_pooling: bool, rel_pos: bool, drop_path: float):
+    def __init__(self, dim: int, dim_out: int, *, num_heads: int, input_size: Sequence[int],
+                 q_stride: Sequence[int], kv_stride: Sequence[int], pool_kernel: Sequence[int],
+                 dim_mul_in_att: bool, mlp_ratio: float, residual_pooling: bool, rel_pos: bool,
+                 drop_path: float, q_pool_kernel: Sequence[int] | None = None,
+                 num_prefix_tokens: int = 0, pool_norm_eps: float = LAYER_NORM_EPS):
         super().__init__()
         attn_dim = dim_out if dim_mul_in_att else dim
+        self.num_prefix_tokens = num_prefix_tokens
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.attn = PoolingAttention(dim, attn_dim, num_heads=num_heads, input_size=input_size,
-                                     q_stride=(q_stride, q_stride), kv_stride=(kv_stride, kv_stride),
-                                     pool_kernel=(pool_kernel, pool_kernel),
+                                     q_stride=q_stride, kv_stride=kv_stride, pool_kernel=pool_kernel,
+                                     q_pool_kernel=q_pool_kernel, num_prefix_tokens=num_prefix_tokens,
                                      residual_pooling=residual_pooling, rel_pos=rel_pos,
-                                     eps=LAYER_NORM_EPS)
+                                     eps=pool_norm_eps)
         self.shortcut_proj_attn = nn.Linear(dim, attn_dim) if attn_dim != dim else None
-        self.shortcut_pool = (nn.MaxPool2d(q_stride + 1, stride=q_stride, padding=(q_stride + 1) // 2)
-                              if q_stride > 1 else None)
+        skip_kernel = tuple(s + 1 if s > 1 else s for s in q_stride)
+        self.shortcut_pool = (MAX_POOLS[len(q_stride)](skip_kernel, stride=tuple(q_stride),
+                                                       padding=tuple(k // 2 for k in skip_kernel))
+                              if math.prod(q_stride) > 1 else None)
         self.norm2 = nn.LayerNorm(attn_dim, eps=LAYER_NORM_EPS)
         self.mlp = Mlp(attn_dim, int(attn_dim * mlp_ratio), out_dim=dim_out)
         self.shortcut_proj_mlp = nn.Linear(attn_dim, dim_out) if dim_out != attn_dim else None
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, thw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    def forward(self, x: torch.Tensor, thw: tuple[int, ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
         normed = self.norm1(x)
         shortcut = x if self.shortcut_proj_attn is None else self.shortcut_proj_attn(normed)
         if self.shortcut_pool is not None:
-            shortcut = pool_tokens(shortcut.unsqueeze(1), thw, self.shortcut_pool)[0].squeeze(1)
+            shortcut = pool_tokens(shortcut.unsqueeze(1), thw, self.shortcut_pool,
+                                   num_prefix_tokens=self.num_prefix_tokens)[0].squeeze(1)
         attended, thw = self.attn(normed, thw)
         x = shortcut + self.drop_path(attended)
         normed = self.norm2(x)
@@ -123,7 +135,8 @@ class MViTv2(nn.Module):
                 block_q_stride = q_stride if b == 0 else 1
                 blocks.append(MultiScaleBlock(
                     dim, dim_out, num_heads=num_heads * 2**index, input_size=grid,
-                    q_stride=block_q_stride, kv_stride=stage_kv_stride, pool_kernel=pool_kernel,
+                    q_stride=(block_q_stride,) * 2, kv_stride=(stage_kv_stride,) * 2,
+                    pool_kernel=(pool_kernel,) * 2,
                     dim_mul_in_att=dim_mul_in_att, mlp_ratio=mlp_ratio,
                     residual_pooling=residual_pooling, rel_pos=rel_pos, drop_path=next(rates)))
                 grid = (grid[0] // block_q_stride, grid[1] // block_q_stride)

@@ -28,10 +28,10 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, w_in: int, planes: int, *, stride: int, groups: int, width_per_group: int,
-                 norm: str, norm_groups: int):
+                 norm: str, norm_groups: int, stride_in_1x1: bool = False):
         super().__init__()
-        if groups != 1 or width_per_group != 64:
-            raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
+        if groups != 1 or width_per_group != 64 or stride_in_1x1:
+            raise ValueError("BasicBlock supports only groups=1, width_per_group=64 and stride_in_1x1=False")
         self.conv1 = conv2d(w_in, planes, 3, stride=stride)
         self.norm1 = get_norm(norm, planes, groups=norm_groups)
         self.conv2 = conv2d(planes, planes, 3)
@@ -51,18 +51,21 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (grouped for ResNeXt, strided), 1x1 expand; output is 4x ``planes``."""
+    """1x1 reduce, 3x3 (grouped for ResNeXt, strided), 1x1 expand; output is 4x ``planes``.
+
+    ``stride_in_1x1`` moves the stride to the first 1x1 conv, the original MSRA ResNet
+    (detectron2's ``STRIDE_IN_1X1``) rather than torchvision's v1.5."""
 
     expansion = 4
 
     def __init__(self, w_in: int, planes: int, *, stride: int, groups: int, width_per_group: int,
-                 norm: str, norm_groups: int):
+                 norm: str, norm_groups: int, stride_in_1x1: bool = False):
         super().__init__()
         inner = int(planes * (width_per_group / 64.0)) * groups
         w_out = planes * self.expansion
-        self.conv1 = conv2d(w_in, inner, 1)
+        self.conv1 = conv2d(w_in, inner, 1, stride=stride if stride_in_1x1 else 1)
         self.norm1 = get_norm(norm, inner, groups=norm_groups)
-        self.conv2 = conv2d(inner, inner, 3, stride=stride, groups=groups)
+        self.conv2 = conv2d(inner, inner, 3, stride=1 if stride_in_1x1 else stride, groups=groups)
         self.norm2 = get_norm(norm, inner, groups=norm_groups)
         self.conv3 = conv2d(inner, w_out, 1)
         self.norm3 = get_norm(norm, w_out, groups=norm_groups)
@@ -116,6 +119,7 @@ class ResNet(nn.Module):
         width: multiplier on every stage width (64 channels in the first stage at 1.0).
         norm, norm_groups: norm layer name for ``get_norm`` and GroupNorm's group count.
         small_stem: 3x3 stride-1 stem without max-pool, for tiny images.
+        stride_in_1x1: stride in a bottleneck's first 1x1 conv (MSRA / detectron2 weights).
         zero_init_residual: start each residual branch's last norm at zero scale, so every block
             is the identity at initialisation (Goyal et al., 2017, section 5.1).
     """
@@ -123,7 +127,7 @@ class ResNet(nn.Module):
     def __init__(self, *, block: str, depths: Sequence[int], groups: int = 1,
                  width_per_group: int = 64, width: float = 1.0, norm: str = "BN",
                  norm_groups: int = 32, small_stem: bool = False, zero_init_residual: bool = False,
-                 in_chans: int = 3):
+                 in_chans: int = 3, stride_in_1x1: bool = False):
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"unknown block {block!r}; choose one of {sorted(BLOCKS)}")
@@ -142,7 +146,7 @@ class ResNet(nn.Module):
             for b in range(depth):
                 blocks.append(block_cls(w_in, planes, stride=first_stride if b == 0 else 1,
                                         groups=groups, width_per_group=width_per_group,
-                                        norm=norm, norm_groups=norm_groups))
+                                        norm=norm, norm_groups=norm_groups, stride_in_1x1=stride_in_1x1))
                 w_in = planes * block_cls.expansion
             stride *= first_stride
             self.add_module(name, nn.Sequential(*blocks))

@@ -12,12 +12,12 @@ from vislab.models.registry_types import imagenet_classifier_entry
 def resnet_classifier(*, num_classes: int, block: str, depths: Sequence[int], groups: int = 1,
                       width_per_group: int = 64, width: float = 1.0, norm: str = "BN",
                       norm_groups: int = 32, small_stem: bool = False,
-                      zero_init_residual: bool = False, in_chans: int = 3,
+                      zero_init_residual: bool = False, in_chans: int = 3, stride_in_1x1: bool = False,
                       dropout: float = 0.0, zero_init_head: bool = False) -> ImageClassifier:
     """A ResNet/ResNeXt trunk (see ``ResNet``) with a linear classifier on pooled ``res5``."""
     backbone = ResNet(block=block, depths=depths, groups=groups, width_per_group=width_per_group,
                       width=width, norm=norm, norm_groups=norm_groups, small_stem=small_stem,
-                      zero_init_residual=zero_init_residual, in_chans=in_chans)
+                      zero_init_residual=zero_init_residual, in_chans=in_chans, stride_in_1x1=stride_in_1x1)
     return ImageClassifier(backbone, num_classes=num_classes, dropout=dropout, zero_init_head=zero_init_head)
 
 

@@ -1,0 +1,1 @@
+"""Video data: list files, PyAV decoding with seeking, and clip index sampling."""

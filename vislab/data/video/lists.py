@@ -1,0 +1,44 @@
+"""Kinetics-style list files: one ``path label`` or ``path,label`` per line."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from vislab.data.datasets.image_folder import DataError
+
+# The label is the text after the last comma or whitespace; the path is everything before it,
+# so paths may hold spaces (``a b.mp4 3``) or commas (``a,b.mp4 3``).
+_LINE = re.compile(r"(?P<path>.*?)\s*[,\s]\s*(?P<label>[^,\s]+)")
+
+
+def _parse(line: str, *, list_file: Path, number: int) -> tuple[str, int]:
+    match = _LINE.fullmatch(line)
+    if match is None or not match["path"]:
+        raise DataError(f"{list_file} line {number}: {line!r} has no label; "
+                        f"expected 'path label' or 'path,label'")
+    try:
+        label = int(match["label"])
+    except ValueError:
+        raise DataError(f"{list_file} line {number}: label {match['label']!r} is not an integer") from None
+    if label < 0:
+        raise DataError(f"{list_file} line {number}: label {label} is negative")
+    return match["path"], label
+
+
+def read_video_list(path: str | os.PathLike, *, root: str | os.PathLike) -> list[tuple[Path, int]]:
+    """``(root / video path, label)`` for each line of ``path``; blank lines and ``#`` comments
+    are skipped. A malformed line raises ``DataError`` naming the file and its line number."""
+    list_file = Path(path)
+    if not list_file.is_file():
+        raise DataError(f"video list {list_file} does not exist")
+    samples = []
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        video, label = _parse(line, list_file=list_file, number=number)
+        samples.append((Path(root) / video, label))
+    if not samples:
+        raise DataError(f"video list {list_file} lists no videos")
+    return samples

@@ -1,0 +1,1 @@
+"""R-CNN detection parts: anchors, box coding, matching, sampling, RPN, ROI heads."""

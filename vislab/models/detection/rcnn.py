@@ -1,0 +1,90 @@
+"""The R-CNN meta-architecture: backbone, FPN, RPN and ROI heads (Faster R-CNN; Mask R-CNN with
+a mask head), with the backbone freezing options of fine-tuning and frozen-backbone studies."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from vislab.layers.norm import FrozenBatchNorm2d
+from vislab.models.detection.postprocess import to_original_size
+from vislab.models.detection.roi_heads import ROIHeads
+from vislab.models.detection.rpn import RPN
+from vislab.models.necks.fpn import FPN
+
+RESNET_FREEZE_ORDER = ("stem", "res2", "res3", "res4", "res5")
+
+
+class GeneralizedRCNN(nn.Module):
+    """``forward(images, image_sizes, targets)`` gives the loss dict in training and, in eval
+    mode, per image a dict of ``boxes`` (input pixels), ``scores``, ``labels`` (0..C-1) and
+    ``mask_probs``; ``postprocess`` maps those to the original images.
+
+    Args:
+        freeze_at: freeze the first ``freeze_at`` of stem, res2, ..., res5 (detectron2's
+            convention: 2 freezes the stem and res2); their BatchNorms become FrozenBN.
+        frozen_backbone: freeze the whole backbone, norms in eval mode (detection on frozen
+            backbones: only the FPN and heads learn).
+    """
+
+    def __init__(self, *, backbone: nn.Module, fpn: FPN, rpn: RPN, roi_heads: ROIHeads,
+                 freeze_at: int = 0, frozen_backbone: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.fpn = fpn
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.num_classes = roi_heads.num_classes
+        self.frozen_backbone = frozen_backbone
+        levels = fpn.output_shape()
+        self.roi_levels = [name for name in levels if name != "p6"]
+        if frozen_backbone:
+            self._freeze(backbone)
+        elif freeze_at:
+            self._freeze_stages(freeze_at)
+
+    @staticmethod
+    def _freeze(module: nn.Module) -> None:
+        for param in module.parameters():
+            param.requires_grad_(False)
+
+    def _freeze_stages(self, freeze_at: int) -> None:
+        missing = [name for name in RESNET_FREEZE_ORDER if not hasattr(self.backbone, name)]
+        if missing:
+            raise ValueError(f"freeze_at={freeze_at} needs a ResNet-style backbone with {RESNET_FREEZE_ORDER}; "
+                             f"{type(self.backbone).__name__} has no {missing}")
+        for name in RESNET_FREEZE_ORDER[:freeze_at]:
+            stage = FrozenBatchNorm2d.convert(getattr(self.backbone, name))
+            setattr(self.backbone, name, stage)
+            self._freeze(stage)
+
+    def train(self, mode: bool = True) -> "GeneralizedRCNN":
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{n}" for n in getattr(self.backbone, "no_weight_decay", set)()}
+
+    def forward(self, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]] | None = None,
+                targets: Sequence[dict] | None = None):
+        if image_sizes is None:
+            image_sizes = [tuple(images.shape[-2:])] * len(images)
+        if self.training and targets is None:
+            raise ValueError("training a detector needs targets")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_backbone):
+            features = self.backbone.forward_features(images)
+        pyramid = self.fpn(features)
+        proposals, rpn_losses = self.rpn(list(pyramid.values()), image_sizes, targets)
+        roi_features = [pyramid[name] for name in self.roi_levels]
+        if self.training:
+            return {**rpn_losses, **self.roi_heads(roi_features, proposals, image_sizes, targets)}
+        return self.roi_heads(roi_features, proposals, image_sizes)
+
+    @staticmethod
+    def postprocess(detections: Sequence[dict], *, input_sizes: Sequence[tuple[int, int]],
+                    original_sizes: Sequence[tuple[int, int]], mask_threshold: float = 0.5) -> list[dict]:
+        return to_original_size(detections, input_sizes=input_sizes, original_sizes=original_sizes,
+                                mask_threshold=mask_threshold)

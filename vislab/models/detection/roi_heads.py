@@ -1,0 +1,136 @@
+"""The second stage of Faster/Mask R-CNN: per-proposal classification, class-specific box
+regression and masks (Fast R-CNN section 2; Mask R-CNN section 3)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
+
+from vislab.models.detection.box_coder import BoxCoder
+from vislab.models.detection.heads import BoxHead, BoxPredictor, MaskHead
+from vislab.models.detection.matcher import Matcher, sample_labels
+from vislab.models.detection.pooler import MultiLevelRoIAlign
+
+
+class ROIHeads(nn.Module):
+    """Training: proposals (plus the ground-truth boxes) are matched at IoU 0.5, 512 per image
+    sampled with at most a quarter foreground; cross-entropy over classes, L1 on the true class's
+    deltas (normalised by the sampled count) and per-pixel binary cross-entropy of the true
+    class's 28x28 mask (Mask R-CNN eq. "L_mask") on foreground proposals.
+
+    Inference: softmax scores and per-class boxes, scores above ``score_threshold``, NMS per class
+    at ``nms_threshold``, the best ``detections_per_image``; masks are predicted on those boxes and
+    returned as 28x28 probabilities (pasted into the image by ``paste_masks``).
+    """
+
+    def __init__(self, *, num_classes: int, strides: Sequence[int], box_head: BoxHead,
+                 mask_head: MaskHead | None = None, box_resolution: int = 7, mask_resolution: int = 14,
+                 sampling_ratio: int = 0, aligned: bool = True, batch_size_per_image: int = 512,
+                 positive_fraction: float = 0.25, iou_threshold: float = 0.5,
+                 box_coder_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0), score_threshold: float = 0.05,
+                 nms_threshold: float = 0.5, detections_per_image: int = 100, min_box_size: float = 1e-2):
+        super().__init__()
+        self.num_classes = num_classes
+        self.box_pooler = MultiLevelRoIAlign(strides=strides, resolution=box_resolution,
+                                             sampling_ratio=sampling_ratio, aligned=aligned)
+        self.box_head = box_head
+        self.box_predictor = BoxPredictor(in_features=box_head.out_features, num_classes=num_classes)
+        self.mask_head = mask_head
+        self.mask_pooler = (MultiLevelRoIAlign(strides=strides, resolution=mask_resolution,
+                                               sampling_ratio=sampling_ratio, aligned=aligned)
+                            if mask_head is not None else None)
+        self.box_coder = BoxCoder(weights=box_coder_weights)
+        self.matcher = Matcher(thresholds=(iou_threshold, iou_threshold), allow_low_quality=False)
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.detections_per_image = detections_per_image
+        self.min_box_size = min_box_size
+
+    def forward(self, features: Sequence[torch.Tensor], proposals: Sequence[torch.Tensor],
+                image_sizes: Sequence[tuple[int, int]], targets: Sequence[dict] | None = None):
+        """Training: a dict of losses. Inference: per image a dict of ``boxes``, ``scores``,
+        ``labels`` (0..C-1) and, with a mask head, ``mask_probs`` [N, 28, 28]."""
+        if self.training:
+            return self._losses(features, proposals, targets)
+        logits, deltas = self.box_predictor(self.box_head(self.box_pooler(features, proposals)))
+        detections = self._detections(logits, deltas, proposals, image_sizes)
+        if self.mask_head is not None:
+            boxes = [d["boxes"] for d in detections]
+            mask_logits = self.mask_head(self.mask_pooler(features, boxes))
+            labels = torch.cat([d["labels"] for d in detections])
+            probs = mask_logits[torch.arange(labels.numel(), device=labels.device), labels].sigmoid()
+            for detection, image_probs in zip(detections, probs.split([len(b) for b in boxes])):
+                detection["mask_probs"] = image_probs
+        return detections
+
+    @torch.no_grad()
+    def _sample(self, proposals: Sequence[torch.Tensor], targets: Sequence[dict]):
+        """Per image: the sampled proposals, their class (``num_classes`` = background), the
+        index of their matched ground-truth box, and their regression targets."""
+        samples = []
+        for image_proposals, target in zip(proposals, targets):
+            gt_boxes, gt_labels = target["boxes"], target["labels"]
+            boxes = torch.cat((image_proposals, gt_boxes))
+            matches, match_labels = self.matcher(box_iou(gt_boxes, boxes))
+            classes = gt_labels[matches] if len(gt_labels) else matches.new_zeros(len(boxes))
+            classes = torch.where(match_labels > 0, classes, self.num_classes)
+            pos, neg = sample_labels(match_labels.long(), num_samples=self.batch_size_per_image,
+                                     positive_fraction=self.positive_fraction)
+            keep = torch.cat((pos, neg))
+            matched_gt = gt_boxes[matches[keep]] if len(gt_boxes) else boxes[keep]
+            samples.append({"boxes": boxes[keep], "classes": classes[keep], "matches": matches[keep],
+                            "deltas": self.box_coder.encode(matched_gt, boxes[keep]), "num_fg": pos.numel()})
+        return samples
+
+    def _losses(self, features, proposals, targets) -> dict[str, torch.Tensor]:
+        samples = self._sample(proposals, targets)
+        logits, deltas = self.box_predictor(self.box_head(self.box_pooler(features, [s["boxes"] for s in samples])))
+        classes = torch.cat([s["classes"] for s in samples])
+        fg = torch.nonzero(classes < self.num_classes).squeeze(1)
+        fg_deltas = deltas.view(len(deltas), self.num_classes, 4)[fg, classes[fg]]
+        target_deltas = torch.cat([s["deltas"] for s in samples])[fg]
+        losses = {"loss_cls": F.cross_entropy(logits.float(), classes),
+                  "loss_box_reg": F.l1_loss(fg_deltas.float(), target_deltas, reduction="sum") / max(classes.numel(), 1)}
+        if self.mask_head is not None:
+            losses["loss_mask"] = self._mask_loss(features, samples, targets)
+        return losses
+
+    def _mask_loss(self, features, samples, targets) -> torch.Tensor:
+        fg_boxes = [s["boxes"][: s["num_fg"]] for s in samples]
+        logits = self.mask_head(self.mask_pooler(features, fg_boxes))
+        if logits.shape[0] == 0:
+            return logits.sum() * 0
+        resolution = logits.shape[-1]
+        mask_targets = []
+        for sample, target, boxes in zip(samples, targets, fg_boxes):
+            gt_masks = target["masks"][:, None].to(boxes.dtype)
+            matches = sample["matches"][: sample["num_fg"]]
+            rois = torch.cat((matches[:, None].to(boxes.dtype), boxes), dim=1)
+            mask_targets.append(roi_align(gt_masks, rois, resolution, spatial_scale=1.0, sampling_ratio=0,
+                                          aligned=True)[:, 0] >= 0.5)
+        classes = torch.cat([s["classes"][: s["num_fg"]] for s in samples])
+        chosen = logits[torch.arange(len(classes), device=logits.device), classes]
+        return F.binary_cross_entropy_with_logits(chosen.float(), torch.cat(mask_targets).float())
+
+    def _detections(self, logits: torch.Tensor, deltas: torch.Tensor, proposals: Sequence[torch.Tensor],
+                    image_sizes: Sequence[tuple[int, int]]) -> list[dict]:
+        num_classes = self.num_classes
+        scores = F.softmax(logits.float(), dim=-1)[:, :num_classes]
+        boxes = self.box_coder.decode(deltas, torch.cat(proposals)).view(-1, num_classes, 4)
+        detections = []
+        counts = [len(p) for p in proposals]
+        for image_scores, image_boxes, size in zip(scores.split(counts), boxes.split(counts), image_sizes):
+            image_boxes = clip_boxes_to_image(image_boxes, tuple(size)).reshape(-1, 4)
+            labels = torch.arange(num_classes, device=scores.device).repeat(len(image_scores))
+            image_scores = image_scores.reshape(-1)
+            keep = torch.nonzero(image_scores > self.score_threshold).squeeze(1)
+            keep = keep[remove_small_boxes(image_boxes[keep], self.min_box_size)]
+            keep = keep[batched_nms(image_boxes[keep], image_scores[keep], labels[keep], self.nms_threshold)]
+            keep = keep[: self.detections_per_image]
+            detections.append({"boxes": image_boxes[keep], "scores": image_scores[keep], "labels": labels[keep]})
+        return detections

@@ -1,0 +1,1 @@
+"""Self-supervised pre-training: MAE and MoCo (v1, v2, v3)."""

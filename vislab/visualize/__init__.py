@@ -1,0 +1,1 @@
+"""Drawing and exporting model outputs."""

@@ -3,7 +3,6 @@ evaluation with the confusion matrix, `vislab predict` on a clip, and the single
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -19,10 +19,9 @@ from vislab.data.transforms.classification import train_transform, val_transform
 from vislab.data.transforms.mixing import BatchMixing
 from vislab.engine.distributed import DistInfo, all_reduce_sum
 from vislab.evaluation.classification import TopKAccumulator
-from vislab.engine.checkpoint import resolve_weights
 from vislab.models import create_model
 from vislab.tasks.bit_hyperrule import hyperrule, rule_items
-from vislab.weights import load_backbone_weights, load_weights
+from vislab.tasks.initial_weights import load_initial_weights
 
 
 def build_dataset(cfg: DictConfig, split: str) -> Dataset:
@@ -123,11 +122,7 @@ class ClassificationTask:
 
     def build_model(self) -> nn.Module:
         model = classifier_from_config(self.cfg, num_classes=self.num_classes)
-        if self.cfg.pretrained:
-            load_backbone_weights(model, resolve_weights(self.cfg.pretrained))
-        if self.cfg.weights:
-            load_weights(model, resolve_weights(self.cfg.weights))
-        return model
+        return load_initial_weights(model, self.cfg)
 
     def metadata(self) -> dict:
         return {"classes": self.classes}

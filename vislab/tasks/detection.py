@@ -15,12 +15,11 @@ from vislab.data.datasets.shapes import ensure_shapes
 from vislab.data.loader import build_loader, collate_detection
 from vislab.data.sampler import SeededSamples, ShardSampler, TrainSampler
 from vislab.data.transforms.detection import detection_eval_transform, detection_train_transform
-from vislab.engine.checkpoint import resolve_weights
 from vislab.engine.distributed import DistInfo
 from vislab.evaluation.coco import CocoEvaluator
 from vislab.models import create_model
 from vislab.models.detection.postprocess import to_original_size
-from vislab.weights import load_backbone_weights, load_weights
+from vislab.tasks.initial_weights import load_initial_weights
 
 DEFAULT_SHAPES_ROOT = "data/shapes"
 
@@ -79,11 +78,7 @@ class DetectionTask:
     def build_model(self) -> nn.Module:
         model = create_model(self.cfg.model.name, num_classes=self.cfg.model.get("num_classes") or len(self.classes),
                              **model_kwargs(self.cfg))
-        if self.cfg.pretrained:
-            load_backbone_weights(model, resolve_weights(self.cfg.pretrained))
-        if self.cfg.weights:
-            load_weights(model, resolve_weights(self.cfg.weights))
-        return model
+        return load_initial_weights(model, self.cfg)
 
     def metadata(self) -> dict:
         return {"classes": self.classes}

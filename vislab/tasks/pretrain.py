@@ -21,14 +21,13 @@ from vislab.config import model_kwargs
 from vislab.data.loader import build_loader, collate_classification
 from vislab.data.sampler import SeededSamples, ShardSampler, TrainSampler
 from vislab.data.transforms.classification import train_transform
-from vislab.engine.checkpoint import resolve_weights
 from vislab.engine.distributed import DistInfo, all_reduce_sum
 from vislab.evaluation.knn import knn_predict
 from vislab.models import create_model
 from vislab.ssl.augment import moco_transform
 from vislab.ssl.reconstruction_grid import save_reconstruction_grid
 from vislab.tasks.classification import build_dataset, eval_transform_from, limit
-from vislab.weights import load_backbone_weights, load_weights
+from vislab.tasks.initial_weights import load_initial_weights
 
 GRID_SEED = 0  # the same masks at every evaluation, so grids show progress, not new masks
 
@@ -60,11 +59,7 @@ class PretrainTask:
 
     def build_model(self) -> nn.Module:
         self.model = create_model(self.cfg.model.name, **model_kwargs(self.cfg))
-        if self.cfg.pretrained:
-            load_backbone_weights(self.model, resolve_weights(self.cfg.pretrained))
-        if self.cfg.weights:
-            load_weights(self.model, resolve_weights(self.cfg.weights))
-        return self.model
+        return load_initial_weights(self.model, self.cfg)
 
     def metadata(self) -> dict:
         return {"classes": list(self.val_set.classes)}

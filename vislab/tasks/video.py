@@ -16,11 +16,10 @@ from vislab.data.datasets.video_list import VideoListDataset
 from vislab.data.loader import build_loader, collate_classification
 from vislab.data.sampler import SeededSamples, ShardSampler, TrainSampler
 from vislab.data.transforms.video import video_test_views, video_train_transform
-from vislab.engine.checkpoint import resolve_weights
 from vislab.engine.distributed import DistInfo, all_reduce_sum
 from vislab.evaluation.video import MultiViewAccumulator, save_confusion_matrix
 from vislab.models import create_model
-from vislab.weights import load_backbone_weights, load_weights
+from vislab.tasks.initial_weights import load_initial_weights
 
 DEFAULT_MOVING_SHAPES_ROOT = "data/moving_shapes"
 
@@ -75,11 +74,7 @@ class VideoTask:
 
     def build_model(self) -> nn.Module:
         model = create_model(self.cfg.model.name, num_classes=self.num_classes, **model_kwargs(self.cfg))
-        if self.cfg.pretrained:
-            load_backbone_weights(model, resolve_weights(self.cfg.pretrained))
-        if self.cfg.weights:
-            load_weights(model, resolve_weights(self.cfg.weights))
-        return model
+        return load_initial_weights(model, self.cfg)
 
     def metadata(self) -> dict:
         return {"classes": self.classes}

@@ -13,8 +13,6 @@ from torch.utils.data import Dataset, Subset
 from vislab.config import model_kwargs
 from vislab.data.datasets.digits import DigitsDataset
 from vislab.data.datasets.image_folder import DataError, ImageFolderDataset
-from vislab.data.loader import build_loader, collate_classification
-from vislab.data.sampler import SeededSamples, ShardSampler, TrainSampler
 from vislab.data.transforms.classification import train_transform, val_transform
 from vislab.data.transforms.mixing import BatchMixing
 from vislab.engine.distributed import DistInfo, all_reduce_sum
@@ -22,6 +20,7 @@ from vislab.evaluation.classification import TopKAccumulator
 from vislab.models import create_model
 from vislab.tasks.bit_hyperrule import hyperrule, rule_items
 from vislab.tasks.initial_weights import load_initial_weights
+from vislab.tasks.loaders import train_loader, val_loader
 
 
 def build_dataset(cfg: DictConfig, split: str) -> Dataset:
@@ -137,19 +136,10 @@ class ClassificationTask:
                                     mean=d.mean, std=d.std, train_resize=d.train_resize,
                                     randaugment_magnitude=d.randaugment_magnitude,
                                     randaugment_ops=d.randaugment_ops, random_erasing=d.random_erasing)
-        sampler = TrainSampler(len(self.train_set), batch_size=d.batch_size, seed=self.cfg.train.seed,
-                               rank=dist.rank, world_size=dist.world_size)
-        loader = build_loader(SeededSamples(self.train_set, transform), sampler, batch_size=d.batch_size,
-                              num_workers=d.num_workers, collate_fn=collate_classification,
-                              pin_memory=torch.cuda.is_available())
-        return loader, sampler
+        return train_loader(self.train_set, transform, cfg=self.cfg, dist=dist)
 
     def build_val_loader(self, dist: DistInfo):
-        d = self.cfg.data
-        sampler = ShardSampler(len(self.val_set), rank=dist.rank, world_size=dist.world_size)
-        return build_loader(SeededSamples(self.val_set, eval_transform_from(self.cfg)), sampler,
-                            batch_size=d.batch_size, num_workers=d.num_workers,
-                            collate_fn=collate_classification, pin_memory=torch.cuda.is_available())
+        return val_loader(self.val_set, eval_transform_from(self.cfg), cfg=self.cfg, dist=dist)
 
     def train_step(self, model: nn.Module, batch: dict, device: torch.device):
         """Mean cross-entropy (label smoothing; soft targets under mixup/CutMix) of the batch,

@@ -12,14 +12,14 @@ from torch import nn
 from vislab.config import model_kwargs
 from vislab.data.datasets.coco import CocoDetection
 from vislab.data.datasets.shapes import ensure_shapes
-from vislab.data.loader import build_loader, collate_detection
-from vislab.data.sampler import SeededSamples, ShardSampler, TrainSampler
+from vislab.data.loader import collate_detection
 from vislab.data.transforms.detection import detection_eval_transform, detection_train_transform
 from vislab.engine.distributed import DistInfo
 from vislab.evaluation.coco import CocoEvaluator
 from vislab.models import create_model
 from vislab.models.detection.postprocess import to_original_size
 from vislab.tasks.initial_weights import load_initial_weights
+from vislab.tasks.loaders import train_loader, val_loader
 
 DEFAULT_SHAPES_ROOT = "data/shapes"
 
@@ -93,19 +93,11 @@ class DetectionTask:
                              f"{self.train_set.classes} vs {self.val_set.classes}")
         transform = detection_train_transform(min_sizes=d.min_sizes, max_size=d.max_size, hflip=d.hflip,
                                               lsj_size=d.lsj_size, lsj_scale=d.lsj_scale, mean=d.mean, std=d.std)
-        sampler = TrainSampler(len(self.train_set), batch_size=d.batch_size, seed=self.cfg.train.seed,
-                               rank=dist.rank, world_size=dist.world_size)
-        loader = build_loader(SeededSamples(self.train_set, transform, joint=True), sampler,
-                              batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=self._collate(),
-                              pin_memory=torch.cuda.is_available())
-        return loader, sampler
+        return train_loader(self.train_set, transform, cfg=self.cfg, dist=dist, collate_fn=self._collate(), joint=True)
 
     def build_val_loader(self, dist: DistInfo):
-        d = self.cfg.data
-        sampler = ShardSampler(len(self.val_set), rank=dist.rank, world_size=dist.world_size)
-        return build_loader(SeededSamples(self.val_set, eval_transform_of(self.cfg), joint=True), sampler,
-                            batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=self._collate(),
-                            pin_memory=torch.cuda.is_available())
+        return val_loader(self.val_set, eval_transform_of(self.cfg), cfg=self.cfg, dist=dist,
+                          collate_fn=self._collate(), joint=True)
 
     def train_step(self, model: nn.Module, batch: dict, device: torch.device):
         """The sum of the RPN and ROI-head losses, and the batch's image count."""

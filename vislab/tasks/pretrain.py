@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from vislab.config import model_kwargs
 from vislab.data.loader import build_loader, collate_classification
-from vislab.data.sampler import SeededSamples, ShardSampler, TrainSampler
+from vislab.data.sampler import SeededSamples
 from vislab.data.transforms.classification import train_transform
 from vislab.engine.distributed import DistInfo, all_reduce_sum
 from vislab.evaluation.knn import knn_predict
@@ -28,6 +28,7 @@ from vislab.ssl.augment import moco_transform
 from vislab.ssl.reconstruction_grid import save_reconstruction_grid
 from vislab.tasks.classification import build_dataset, eval_transform_from, limit
 from vislab.tasks.initial_weights import load_initial_weights
+from vislab.tasks.loaders import train_loader, val_loader
 
 GRID_SEED = 0  # the same masks at every evaluation, so grids show progress, not new masks
 
@@ -78,26 +79,19 @@ class PretrainTask:
                               mean=d.mean, std=d.std, hflip=d.hflip)
 
     def build_train_loader(self, dist: DistInfo):
-        d, train = self.cfg.data, self.cfg.train
+        train = self.cfg.train
         model = self._model()
-        sampler = TrainSampler(len(self.train_set), batch_size=d.batch_size, seed=train.seed,
-                               rank=dist.rank, world_size=dist.world_size)
+        collate = collate_classification if model.views_per_image == 1 else collate_views
+        loader, sampler = train_loader(self.train_set, self._train_transform(), cfg=self.cfg, dist=dist,
+                                       collate_fn=collate)
         if hasattr(model, "set_total_steps"):  # MoCo v3's momentum schedule runs over every forward pass
             steps = train.steps if train.steps is not None else (
                 sampler.batches_per_epoch // train.accumulate_steps * train.epochs)
             model.set_total_steps(steps * train.accumulate_steps)
-        collate = collate_classification if model.views_per_image == 1 else collate_views
-        loader = build_loader(SeededSamples(self.train_set, self._train_transform()), sampler,
-                              batch_size=d.batch_size, num_workers=d.num_workers, collate_fn=collate,
-                              pin_memory=torch.cuda.is_available())
         return loader, sampler
 
     def build_val_loader(self, dist: DistInfo):
-        d = self.cfg.data
-        sampler = ShardSampler(len(self.val_set), rank=dist.rank, world_size=dist.world_size)
-        return build_loader(SeededSamples(self.val_set, eval_transform_from(self.cfg)), sampler,
-                            batch_size=d.batch_size, num_workers=d.num_workers,
-                            collate_fn=collate_classification, pin_memory=torch.cuda.is_available())
+        return val_loader(self.val_set, eval_transform_from(self.cfg), cfg=self.cfg, dist=dist)
 
     def train_step(self, model: nn.Module, batch: dict, device: torch.device):
         """The method's loss on one batch, and its image count."""

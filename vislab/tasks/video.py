@@ -13,13 +13,12 @@ from torch.nn import functional as F
 from vislab.config import model_kwargs
 from vislab.data.datasets.moving_shapes import ensure_moving_shapes
 from vislab.data.datasets.video_list import VideoListDataset
-from vislab.data.loader import build_loader, collate_classification
-from vislab.data.sampler import SeededSamples, ShardSampler, TrainSampler
 from vislab.data.transforms.video import video_test_views, video_train_transform
 from vislab.engine.distributed import DistInfo, all_reduce_sum
 from vislab.evaluation.video import MultiViewAccumulator, save_confusion_matrix
 from vislab.models import create_model
 from vislab.tasks.initial_weights import load_initial_weights
+from vislab.tasks.loaders import train_loader, val_loader
 
 DEFAULT_MOVING_SHAPES_ROOT = "data/moving_shapes"
 
@@ -80,20 +79,10 @@ class VideoTask:
         return {"classes": self.classes}
 
     def build_train_loader(self, dist: DistInfo):
-        d = self.cfg.data
-        sampler = TrainSampler(len(self.train_set), batch_size=d.batch_size, seed=self.cfg.train.seed,
-                               rank=dist.rank, world_size=dist.world_size)
-        loader = build_loader(SeededSamples(self.train_set, None), sampler, batch_size=d.batch_size,
-                              num_workers=d.num_workers, collate_fn=collate_classification,
-                              pin_memory=torch.cuda.is_available())
-        return loader, sampler
+        return train_loader(self.train_set, None, cfg=self.cfg, dist=dist)
 
     def build_val_loader(self, dist: DistInfo):
-        d = self.cfg.data
-        sampler = ShardSampler(len(self.val_set), rank=dist.rank, world_size=dist.world_size)
-        return build_loader(SeededSamples(self.val_set, None), sampler, batch_size=d.batch_size,
-                            num_workers=d.num_workers, collate_fn=collate_classification,
-                            pin_memory=torch.cuda.is_available())
+        return val_loader(self.val_set, None, cfg=self.cfg, dist=dist)
 
     def train_step(self, model: nn.Module, batch: dict, device: torch.device):
         """Mean cross-entropy (with label smoothing) of one clip per video, and the clip count."""

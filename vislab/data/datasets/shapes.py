@@ -1,7 +1,7 @@
 """The embedded detection set: synthetic shapes in COCO format, generated on first use.
 
 Each image (sides drawn from 112-160 px) has a textured background (noise, a gradient or
-stripes) and 1-6 shapes of five kinds, sized 8-70 px, rotated, in a colour drawn independently of
+stripes) and 1-6 shapes of five kinds, sized 14-80 px, rotated, in a colour drawn independently of
 the kind. Later shapes occlude earlier ones; a placement that would hide more than 40% of an
 earlier shape is redrawn. Annotations describe the visible region: its tight box, its pixel
 area, and its mask, stored as the polygon for an unoccluded shape and as compressed RLE of the
@@ -9,7 +9,7 @@ visible pixels for an occluded one, so both COCO mask formats are exercised.
 
 Shapes are rasterised by pycocotools' polygon rasteriser, the one that decodes the polygon
 annotations, and painted through that mask: annotation, decoded mask and pixels agree exactly
-(PIL's ImageDraw centres pixels differently and differs by a ring of pixels, much of an 8 px shape).
+(PIL's ImageDraw centres pixels differently and differs by a ring of pixels, much of a 14 px shape).
 Every image draws from its own ``numpy`` generator seeded by (seed, split, index): the same seed
 writes the same bytes, and a larger set extends a smaller one.
 """

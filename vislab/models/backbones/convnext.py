@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vislab.layers import DropPath, LayerNorm2d, Mlp, drop_path_rates
+from vislab.models.backbones.stages import run_stages
 from vislab.models.shape_spec import ShapeSpec
 
 STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4")
@@ -128,12 +129,7 @@ class ConvNeXt(nn.Module):
         if height % TOTAL_STRIDE or width % TOTAL_STRIDE:
             raise ValueError(f"ConvNeXt needs input sides that are multiples of {TOTAL_STRIDE}, "
                              f"got {height}x{width}")
-        x = self.stem(x)
-        features = {}
-        for name in STAGE_NAMES:
-            x = getattr(self, name)(x)
-            features[name] = x
-        return features
+        return run_stages(self, x, stage_names=STAGE_NAMES)
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Global average pool of ``stage4``, then LayerNorm: the vector the classifier reads."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vislab.layers import get_norm
+from vislab.models.backbones.stages import run_stages
 from vislab.models.shape_spec import ShapeSpec
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
@@ -170,12 +171,7 @@ class ResNet(nn.Module):
         return dict(self._shapes)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
-        features = {}
-        for name in STAGE_NAMES:
-            x = getattr(self, name)(x)
-            features[name] = x
-        return features
+        return run_stages(self, x, stage_names=STAGE_NAMES)
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Global average pool of ``res5``: the feature vector a classifier reads."""

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vislab.layers import DropPath, WeightStdConv2d, drop_path_rates, get_norm
+from vislab.models.backbones.stages import run_stages
 from vislab.models.shape_spec import ShapeSpec
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
@@ -141,12 +142,8 @@ class ResNetV2(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"input of shape {tuple(x.shape)} does not fit: expected "
                              f"(N, {self.in_chans}, H, W)")
-        x = self.stem(x)
-        features = {}
-        for name in STAGE_NAMES:
-            x = getattr(self, name)(x)
-            features[name] = x
-        features["res5"] = self.relu(self.norm(x))
+        features = run_stages(self, x, stage_names=STAGE_NAMES)
+        features["res5"] = self.relu(self.norm(features["res5"]))
         return features
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:

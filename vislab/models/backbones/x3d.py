@@ -17,6 +17,7 @@ from torch import nn
 
 from vislab.layers import get_norm
 from vislab.models.backbones.resnet3d import STAGE_NAMES, conv3d, init_video_weights
+from vislab.models.backbones.stages import run_stages
 from vislab.models.shape_spec import ShapeSpec
 
 BASE_DEPTHS = (1, 2, 5, 3)
@@ -154,12 +155,7 @@ class X3D(nn.Module):
         return dict(self._shapes)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
-        features = {}
-        for name in STAGE_NAMES:
-            x = getattr(self, name)(x)
-            features[name] = x
-        return features
+        return run_stages(self, x, stage_names=STAGE_NAMES)
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         """``conv5`` + norm + ReLU on ``res5``, global average pool, ``lin5`` + ReLU (section 3)."""

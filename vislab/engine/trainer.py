@@ -11,6 +11,7 @@ import contextlib
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,12 @@ def seed_everything(*seeds: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware (AVX512-BF16 or AMX); elsewhere
+    autocast emulates them and is slower than float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def autocast_context(device: torch.device, *, enabled: bool, dtype: str):
@@ -101,6 +108,9 @@ class Trainer:
         self.amp = train.amp if train.amp is not None else device.type == "cuda"
         if self.amp and train.amp_dtype == "fp16" and device.type != "cuda":
             raise ValueError("train.amp_dtype=fp16 needs CUDA; use bf16 on CPU")
+        if self.amp and device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn("train.amp=true on a CPU without AVX512-BF16 or AMX: bf16 autocast is emulated "
+                          "there and slower than float32; set train.amp=false", stacklevel=2)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and train.amp_dtype == "fp16")
 
         self.model: nn.Module = model

@@ -78,17 +78,6 @@ COLUMNS = (("model", "<13"), ("reference", "<26"), ("optim", "<5"), ("vislab img
            ("img/s ratio", ">11"), ("MiB ratio", ">9"))
 
 
-def model_names(text: str) -> list[str]:
-    """Parse ``--models``: a comma-separated list of vislab names from ``PAIRS``."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in PAIRS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from "
-            f"{', '.join(PAIRS)}")
-    return names
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Compare one training iteration (forward + backward + optimizer step) of "
@@ -99,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=train_bench.HelpFormatter,
     )
     train_bench.add_run_arguments(parser)
-    parser.add_argument("--models", type=model_names, default=",".join(PAIRS),
+    parser.add_argument("--models", type=train_bench.names_from(PAIRS), default=",".join(PAIRS),
                         help="comma-separated vislab models to compare with their references")
     train_bench.add_report_arguments(parser)
     return parser

@@ -60,22 +60,13 @@ class Contender:
     step: Step
 
 
-def model_names(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in FULL_TOKEN_MODELS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown model(s) {', '.join(unknown) or '(none given)'}; "
-                                         f"choose from {', '.join(FULL_TOKEN_MODELS)}")
-    return names
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Time an MAE pre-training step against a full-token step of the same ViT and "
                     "compare the speed-up with the FLOP reduction.",
         epilog="example:\n  python benchmarks/mae.py --device cuda --batch 64 --amp",
         formatter_class=train_bench.HelpFormatter)
-    parser.add_argument("--models", type=model_names, default=DEFAULT_MODELS,
+    parser.add_argument("--models", type=train_bench.names_from(FULL_TOKEN_MODELS), default=DEFAULT_MODELS,
                         help=f"comma-separated MAE models, from {', '.join(FULL_TOKEN_MODELS)}")
     parser.add_argument("--batch", type=train_bench.positive_int, default=8, help="images per step")
     parser.add_argument("--image-size", type=train_bench.positive_int, default=224,

@@ -138,22 +138,13 @@ class Trainee:
     model_input: Callable[[torch.Tensor], Any]
 
 
-def model_names(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in PAIRS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown model(s) {', '.join(unknown) or '(none given)'}; "
-                                         f"choose from {', '.join(PAIRS)}")
-    return names
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Compare one training step of vislab's SlowFast, X3D and MViT with pytorchvideo's, and "
                     "vislab's clip decoding with pytorchvideo's EncodedVideo: throughput (and peak memory).",
         epilog="example:\n  python benchmarks/video.py --device cuda --batch 8 --json runs/video.json",
         formatter_class=train_bench.HelpFormatter)
-    parser.add_argument("--models", type=model_names, default=DEFAULT_MODELS,
+    parser.add_argument("--models", type=train_bench.names_from(PAIRS), default=DEFAULT_MODELS,
                         help=f"comma-separated vislab models, from {', '.join(PAIRS)}")
     parser.add_argument("--batch", type=train_bench.positive_int, default=4, help="clips per step")
     parser.add_argument("--frames", type=train_bench.positive_int,

@@ -15,7 +15,7 @@ from vislab.convert import convert_file, convert_state_dict
 from vislab.convert.timm_mvitv2 import timm_mvitv2
 from vislab.layers.pool_attention import (PoolingAttention, decomposed_rel_pos_bias, pool_tokens,
                                           relative_positions, resize_rel_pos)
-from vislab.models.backbones.mvitv2 import MultiScaleBlock
+from vislab.models.backbones.mvit_trunk import MultiScaleBlock
 from vislab.models.complexity import on_meta
 from vislab.models.registry import get_entry
 from vislab.weights import WeightsError

@@ -2,8 +2,7 @@
 
 A 3x7x7 convolution with stride 2x4x4 embeds a clip into a ``(T/2, H/4, W/4)`` grid of "cube"
 tokens (MViT-B's ``cube_1``) and a class token is prepended. Four stages of the image MViTv2's
-pooling-attention blocks follow (``vislab.models.backbones.mvitv2.MultiScaleBlock`` on a 3-D
-grid): the first block of stages 2-4 pools its queries with stride 1x2x2, halving the spatial
+pooling-attention blocks follow (``vislab.models.backbones.mvit_trunk`` on a 3-D grid): the first block of stages 2-4 pools its queries with stride 1x2x2, halving the spatial
 grid and doubling channels and heads, while keys and values are pooled with the "adaptive"
 stride that starts at 1x8x8 and shrinks with the queries' (down to 1). Pooling never touches
 the class token, and the classifier reads it after the final LayerNorm.
@@ -20,27 +19,21 @@ The two versions differ in four switches, all the official configs' (PySlowFast
 """
 from __future__ import annotations
 
-import math
-import re
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from vislab.layers import drop_path_rates
-from vislab.models.backbones.mvitv2 import LAYER_NORM_EPS, MultiScaleBlock, init_weights
-from vislab.models.shape_spec import ShapeSpec
+from vislab.models.backbones.mvit_trunk import LAYER_NORM_EPS, STAGE_NAMES, MultiScaleTrunk, init_weights
 
-STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4")
 PATCH_KERNEL = (3, 7, 7)
 PATCH_STRIDE = (2, 4, 4)
 Q_STRIDE = (1, 2, 2)  # query pooling stride at each stage transition
 SPATIAL_STRIDE = PATCH_STRIDE[1] * Q_STRIDE[1] ** (len(STAGE_NAMES) - 1)
 NUM_CLASS_TOKENS = 1
-NO_POOLING = (1, 1, 1)
 
 
-class VideoMViT(nn.Module):
+class VideoMViT(MultiScaleTrunk):
     """An MViT / MViTv2 trunk on clips ``(B, C, T, H, W)``; ``forward_features`` returns
     ``stage1``..``stage4`` as ``(B, C, T/2, H/s, W/s)`` maps (spatial strides 4-32, temporal
     stride 2; class token left out, no final norm) and ``forward_pooled`` the class token after
@@ -75,8 +68,6 @@ class VideoMViT(nn.Module):
                  sep_pos_embed: bool = False, pool_norm_eps: float = LAYER_NORM_EPS,
                  mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, in_chans: int = 3):
         super().__init__()
-        if len(depths) != len(STAGE_NAMES):
-            raise ValueError(f"depths must list {len(STAGE_NAMES)} stages, got {list(depths)}")
         _check_clip_size(num_frames, img_size, img_size, what="num_frames/img_size")
         self.patch_embed = nn.Conv3d(in_chans, embed_dim, PATCH_KERNEL, stride=PATCH_STRIDE,
                                      padding=tuple(k // 2 for k in PATCH_KERNEL))
@@ -89,38 +80,12 @@ class VideoMViT(nn.Module):
             self.pos_embed_spatial = nn.Parameter(torch.zeros(1, height * width, embed_dim))
             self.pos_embed_temporal = nn.Parameter(torch.zeros(1, frames, embed_dim))
             self.pos_embed_class = nn.Parameter(torch.zeros(1, NUM_CLASS_TOKENS, embed_dim))
-
-        widths = [embed_dim * 2**i for i in range(len(depths))]
-        rates = iter(drop_path_rates(drop_path_rate, sum(depths)))
-        grid, dim, stage_kv_stride = self.patch_grid, embed_dim, tuple(kv_stride)
-        self._shapes: dict[str, ShapeSpec] = {}
-        self._first_block_ids: dict[str, int] = {}
-        stride = PATCH_STRIDE[1]
-        for index, (name, depth) in enumerate(zip(STAGE_NAMES, depths)):
-            q_stride = NO_POOLING if index == 0 else Q_STRIDE
-            stage_kv_stride = tuple(max(kv // q, 1) for kv, q in zip(stage_kv_stride, q_stride))
-            stride *= q_stride[1]
-            stage_width = widths[index] if dim_mul_in_att else widths[min(index + 1, len(widths) - 1)]
-            blocks = []
-            for b in range(depth):
-                dim_out = stage_width if dim_mul_in_att or b == depth - 1 else dim
-                block_q_stride = q_stride if b == 0 else NO_POOLING
-                pools_q = pool_q_in_every_block or math.prod(block_q_stride) > 1
-                blocks.append(MultiScaleBlock(
-                    dim, dim_out, num_heads=num_heads * 2**index, input_size=grid,
-                    q_stride=block_q_stride, kv_stride=stage_kv_stride, pool_kernel=pool_kernel,
-                    q_pool_kernel=None if pools_q else NO_POOLING,
-                    num_prefix_tokens=NUM_CLASS_TOKENS, dim_mul_in_att=dim_mul_in_att,
-                    mlp_ratio=mlp_ratio, residual_pooling=residual_pooling, rel_pos=rel_pos,
-                    pool_norm_eps=pool_norm_eps, drop_path=next(rates)))
-                grid = tuple(size // s for size, s in zip(grid, block_q_stride))
-                dim = dim_out
-            self._first_block_ids[name] = sum(depths[:index])
-            self.add_module(name, nn.ModuleList(blocks))
-            self._shapes[name] = ShapeSpec(channels=dim, stride=stride)
-        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.num_features = dim
-        self.num_blocks = sum(depths)
+        self._add_stages(grid=self.patch_grid, patch_stride=PATCH_STRIDE[1], q_stride=Q_STRIDE, kv_stride=kv_stride,
+                         depths=depths, embed_dim=embed_dim, num_heads=num_heads, pool_kernel=pool_kernel,
+                         pool_q_in_every_block=pool_q_in_every_block, dim_mul_in_att=dim_mul_in_att,
+                         residual_pooling=residual_pooling, rel_pos=rel_pos, mlp_ratio=mlp_ratio,
+                         drop_path_rate=drop_path_rate, num_prefix_tokens=NUM_CLASS_TOKENS,
+                         pool_norm_eps=pool_norm_eps)
         self.apply(init_weights)
         for token in self._embedding_names():
             nn.init.trunc_normal_(getattr(self, token), std=0.02, a=-0.04, b=0.04)
@@ -130,9 +95,6 @@ class VideoMViT(nn.Module):
         if self.sep_pos_embed:
             names += ["pos_embed_spatial", "pos_embed_temporal", "pos_embed_class"]
         return names
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return dict(self._shapes)
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         """Cube tokens ``(B, 1 + T'H'W', C)`` with the class token first, and their grid."""
@@ -156,13 +118,7 @@ class VideoMViT(nn.Module):
 
     def _stage_tokens(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple[int, ...]]]:
         """``(name, tokens (B, 1 + L, C), grid (T, H, W))`` after each stage."""
-        x, thw = self._embed(x)
-        stages = []
-        for name in STAGE_NAMES:
-            for block in getattr(self, name):
-                x, thw = block(x, thw)
-            stages.append((name, x, thw))
-        return stages
+        return self._run_stages(*self._embed(x))
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: tokens[:, NUM_CLASS_TOKENS:].transpose(1, 2).reshape(tokens.shape[0], -1, *thw)
@@ -173,27 +129,6 @@ class VideoMViT(nn.Module):
         ``CLS_EMBED_ON``; pytorchvideo's ``seq_pool_type="cls"``)."""
         _, tokens, _ = self._stage_tokens(x)[-1]
         return self.norm(tokens[:, 0])
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.forward_features(x)
-
-    def no_weight_decay(self) -> set[str]:
-        tables = {name for name, _ in self.named_parameters() if ".rel_pos_" in name}
-        return tables | set(self._embedding_names())
-
-    @property
-    def num_lr_layers(self) -> int:
-        return self.num_blocks + 1
-
-    def lr_layer_id(self, name: str) -> int:
-        """Patch embedding, class token and position embeddings 0, block ``i`` (counted across
-        stages) ``i + 1``, final norm last."""
-        if name.startswith("patch_embed.") or name in self._embedding_names():
-            return 0
-        match = re.match(r"(stage\d)\.(\d+)\.", name)
-        if match:
-            return self._first_block_ids[match.group(1)] + int(match.group(2)) + 1
-        return self.num_lr_layers
 
 
 def _check_clip_size(frames: int, height: int, width: int, *, what: str) -> None:

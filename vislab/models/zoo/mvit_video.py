@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from vislab.models.backbones.mvit_video import VideoMViT
-from vislab.models.backbones.mvitv2 import init_weights
+from vislab.models.backbones.mvit_trunk import init_weights
 from vislab.models.classifier import ImageClassifier
 from vislab.models.registry_types import ModelEntry, Reference
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Sequence
 
-from vislab.models.backbones.mvitv2 import MViTv2, init_weights
+from vislab.models.backbones.mvit_trunk import init_weights
+from vislab.models.backbones.mvitv2 import MViTv2
 from vislab.models.classifier import ImageClassifier
 from vislab.models.registry_types import imagenet_classifier_entry
 

@@ -15,7 +15,7 @@ inference is an eval-mode forward under ``torch.no_grad``. Denormal floats are f
 Timing is interleaved: every round times vislab and torchvision back to back, alternating which
 goes first, and the median images/s over rounds is reported. Peak memory is the increase over
 warm-up plus a few iterations: on CUDA from the allocator, on CPU as the growth of peak RSS in a
-fresh subprocess per model, the median of 3 (this script re-invoked with hidden flags). The machinery is shared
+fresh subprocess per model (this script re-invoked with hidden flags). The machinery is shared
 with ``train_step.py`` and lives in ``train_bench.py``.
 
 Run it with ``make benchmark``, or e.g.::

@@ -10,16 +10,17 @@ seed with a 1000-class head, together with its optimizer. One step is forward + 
 times both back to back, alternating which goes first; the median images/s over rounds is
 reported), and peak memory is the increase over warm-up plus a few steps, measured from just
 before the first step: on CUDA from the allocator (``torch.cuda.max_memory_allocated``), on CPU as
-the growth of peak RSS in a fresh interpreter per model (the median of 3 runs). That interpreter
-runs the calling script again with the hidden flags ``--measure-memory-of LIBRARY:MODEL
---memory-optimizer NAME`` (added by ``add_report_arguments``), which the script hands to
-``report_rss_increase``.
+the growth of peak RSS in a fresh interpreter per model, with a fixed mmap threshold. That
+interpreter runs the calling script again with the hidden flags ``--measure-memory-of
+LIBRARY:MODEL --memory-optimizer NAME`` (added by ``add_report_arguments``), which the script
+hands to ``report_rss_increase``.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,7 @@ LIBRARIES = ("vislab", "timm", "torchvision")
 # ViT and MViTv2 size their position tables for one input size (and timm's ViT rejects any other):
 # vislab's and timm's are built for the benchmark's image size, so parameter counts stay equal.
 SIZED_MODEL_PREFIXES = ("vit_", "mvitv2_")
-CPU_MEMORY_REPEATS = 3  # child runs per CPU peak-memory figure (their median)
+MMAP_THRESHOLD_BYTES = 64 * 1024  # glibc mmap threshold of the CPU peak-memory child (see child_peak_mib)
 MEMORY_STEPS = 3  # steps after warm-up in a peak-memory measurement
 MIB = 2**20
 KIB_PER_MIB = 1024
@@ -289,16 +290,17 @@ def subprocess_peak_mib(spec: ModelSpec, *, optimizer: str, script: Path,
     return child_peak_mib(command)
 
 
-def child_peak_mib(command: list[str], *, repeats: int = CPU_MEMORY_REPEATS) -> float:
-    """Run ``command``, a benchmark script in child mode, ``repeats`` times and return the median
-    of the peak-RSS increases it prints as JSON (``peak_rss_increase_kib``) on its last line. One
-    child's peak RSS varies by up to ~10% from run to run (the allocator's arenas and page reuse),
-    more than the differences the memory goals judge."""
-    increases = []
-    for _ in range(repeats):
-        completed = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
-        increases.append(json.loads(completed.stdout.splitlines()[-1])["peak_rss_increase_kib"])
-    return statistics.median(increases) / KIB_PER_MIB
+def child_peak_mib(command: list[str]) -> float:
+    """Run ``command``, a benchmark script in child mode, and read the peak-RSS increase it
+    prints as JSON (``peak_rss_increase_kib``) on its last line.
+
+    The child runs with glibc's mmap threshold fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``): every
+    tensor-sized block is mapped on its own and unmapped when freed, so RSS follows the live
+    tensors. With glibc's default, sliding threshold, freed blocks stay in the heap in a pattern
+    that moved one child's peak by up to ~10% from run to run, more than the goals judge."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES)}
+    completed = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env)
+    return json.loads(completed.stdout.splitlines()[-1])["peak_rss_increase_kib"] / KIB_PER_MIB
 
 
 def peak_memory_mib(trainees: list[Trainee], batch: Batch, *, optimizer: str, script: Path,

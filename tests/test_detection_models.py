@@ -87,7 +87,14 @@ def test_fpn_level_assignment_follows_equation_1():
 def test_head_output_shapes(kind, norm):
     head = BoxHead(channels=16, resolution=7, kind=kind, norm=norm, conv_dim=32, fc_dim=64)
     assert head(torch.randn(5, 16, 7, 7)).shape == (5, 64)
-    assert MaskHead(channels=16, num_classes=3, norm=norm, conv_dim=32)(torch.randn(5, 16, 14, 14)).shape == (5, 3, 28, 28)
+    mask_head = MaskHead(channels=16, num_classes=3, norm=norm, conv_dim=32)
+    torch.nn.init.normal_(mask_head.predictor.bias)
+    features, classes = torch.randn(5, 16, 14, 14), torch.tensor([0, 2, 1, 2, 0])
+    logits = mask_head(features, classes)
+    assert logits.shape == (5, 28, 28)
+    # the per-class 1x1 predictor over all classes, then each region's class: the same logits
+    all_classes = mask_head.predictor(torch.relu(mask_head.deconv(mask_head.convs(features))))
+    torch.testing.assert_close(logits, all_classes[torch.arange(5), classes], rtol=1e-5, atol=1e-6)
 
 
 def test_fpn_outputs_and_strides():

@@ -48,7 +48,8 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.norm1(self.conv1(x)))
         out = self.norm2(self.conv2(out))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place: one activation fewer per block (no norm's backward needs its output)
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -82,7 +83,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.norm1(self.conv1(x)))
         out = self.relu(self.norm2(self.conv2(out)))
         out = self.norm3(self.conv3(out))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place, as in BasicBlock
+        return self.relu(out)
 
 
 def _shortcut(w_in: int, w_out: int, *, stride: int, norm: str, norm_groups: int) -> nn.Module | None:

@@ -59,7 +59,9 @@ class Bottleneck3d(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.norm1(self.conv1(x)))
         out = self.relu(self.norm2(self.conv2(out)))
-        out = self.relu(self.norm3(self.conv3(out)) + shortcut)
+        out = self.norm3(self.conv3(out))
+        out += shortcut  # in place, as in the 2-D ResNet's blocks
+        out = self.relu(out)
         return out if self.nonlocal_block is None else self.nonlocal_block(out)
 
 

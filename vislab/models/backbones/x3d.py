@@ -85,7 +85,9 @@ class X3DBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.norm1(self.conv1(x)))
         out = self.swish(self.se(self.norm2(self.conv2(out))))
-        return self.relu(self.norm3(self.conv3(out)) + shortcut)
+        out = self.norm3(self.conv3(out))
+        out += shortcut  # in place, as in the ResNets' blocks
+        return self.relu(out)
 
 
 class X3DStem(nn.Module):

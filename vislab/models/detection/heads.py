@@ -51,7 +51,7 @@ class BoxHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.convs(x).flatten(1)
         for fc in self.fcs:
-            x = torch.relu(fc(x))
+            x = fc(x).relu_()
         return x
 
 
@@ -72,7 +72,11 @@ class BoxPredictor(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """Per-class mask logits at twice the pooled resolution (28x28 from 14x14 features)."""
+    """Mask logits at twice the pooled resolution (28x28 from 14x14 features) for one class per
+    region. The predictor is the per-class 1x1 convolution of Mask R-CNN, but only the row of the
+    class asked for is applied (the loss reads the ground-truth class's mask, inference the
+    predicted class's; section 3): the same logits as all classes then one picked, without the
+    ``[N, classes, 28, 28]`` tensor, the head's largest."""
 
     def __init__(self, *, channels: int, num_classes: int, norm: str = "none", conv_dim: int = 256,
                  num_convs: int = 4):
@@ -88,5 +92,14 @@ class MaskHead(nn.Module):
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.zeros_(self.predictor.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predictor(torch.relu(self.deconv(self.convs(x))))
+    def forward(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, 28, 28]`` of region ``i``'s mask for class ``classes[i]``."""
+        return self.upsample_and_predict(self.convs(x), classes)
+
+    def upsample_and_predict(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The deconvolution and the class rows of the predictor on the convolutions' output
+        (a separate call lets a caller free the pooled input before the 28x28 peak)."""
+        x = self.deconv(x).relu_()  # in place: the deconvolution's backward needs only its input
+        weight = self.predictor.weight[classes, :, 0, 0].to(x.dtype)
+        bias = self.predictor.bias[classes].to(x.dtype)
+        return torch.einsum("nchw,nc->nhw", x, weight) + bias[:, None, None]

@@ -74,14 +74,16 @@ class GeneralizedRCNN(nn.Module):
             image_sizes = [tuple(images.shape[-2:])] * len(images)
         if self.training and targets is None:
             raise ValueError("training a detector needs targets")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_backbone):
-            features = self.backbone.forward_features(images)
-        pyramid = self.fpn(features)
+        pyramid = self.fpn(self._trunk_features(images))  # the trunk's maps are freed once the FPN is built
         proposals, rpn_losses = self.rpn(list(pyramid.values()), image_sizes, targets)
         roi_features = [pyramid[name] for name in self.roi_levels]
         if self.training:
             return {**rpn_losses, **self.roi_heads(roi_features, proposals, image_sizes, targets)}
         return self.roi_heads(roi_features, proposals, image_sizes)
+
+    def _trunk_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_backbone):
+            return self.backbone.forward_features(images)
 
     @staticmethod
     def postprocess(detections: Sequence[dict], *, input_sizes: Sequence[tuple[int, int]],

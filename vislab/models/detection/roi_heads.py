@@ -61,9 +61,8 @@ class ROIHeads(nn.Module):
         detections = self._detections(logits, deltas, proposals, image_sizes)
         if self.mask_head is not None:
             boxes = [d["boxes"] for d in detections]
-            mask_logits = self.mask_head(self.mask_pooler(features, boxes))
             labels = torch.cat([d["labels"] for d in detections])
-            probs = mask_logits[torch.arange(labels.numel(), device=labels.device), labels].sigmoid()
+            probs = self._mask_logits(features, boxes, labels).sigmoid()
             for detection, image_probs in zip(detections, probs.split([len(b) for b in boxes])):
                 detection["mask_probs"] = image_probs
         return detections
@@ -102,7 +101,8 @@ class ROIHeads(nn.Module):
 
     def _mask_loss(self, features, samples, targets) -> torch.Tensor:
         fg_boxes = [s["boxes"][: s["num_fg"]] for s in samples]
-        logits = self.mask_head(self.mask_pooler(features, fg_boxes))
+        classes = torch.cat([s["classes"][: s["num_fg"]] for s in samples])
+        logits = self._mask_logits(features, fg_boxes, classes)
         if logits.shape[0] == 0:
             return logits.sum() * 0
         resolution = logits.shape[-1]
@@ -113,9 +113,15 @@ class ROIHeads(nn.Module):
             rois = torch.cat((matches[:, None].to(boxes.dtype), boxes), dim=1)
             mask_targets.append(roi_align(gt_masks, rois, resolution, spatial_scale=1.0, sampling_ratio=0,
                                           aligned=True)[:, 0] >= 0.5)
-        classes = torch.cat([s["classes"][: s["num_fg"]] for s in samples])
-        chosen = logits[torch.arange(len(classes), device=logits.device), classes]
-        return F.binary_cross_entropy_with_logits(chosen.float(), torch.cat(mask_targets).float())
+        return F.binary_cross_entropy_with_logits(logits.float(), torch.cat(mask_targets).float())
+
+    def _mask_logits(self, features: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor],
+                     classes: torch.Tensor) -> torch.Tensor:
+        """The mask head's logits for ``classes`` in two calls, so that at inference the pooled
+        14x14 features are freed before the 28x28 upsampling, the head's memory peak (torchvision
+        splits its head and predictor there too)."""
+        hidden = self.mask_head.convs(self.mask_pooler(features, boxes))
+        return self.mask_head.upsample_and_predict(hidden, classes)
 
     def _detections(self, logits: torch.Tensor, deltas: torch.Tensor, proposals: Sequence[torch.Tensor],
                     image_sizes: Sequence[tuple[int, int]]) -> list[dict]:

@@ -30,7 +30,7 @@ class RPNHead(nn.Module):
         """Per level: objectness [B, H*W*A] and deltas [B, H*W*A, 4], position-major like the anchors."""
         objectness, deltas = [], []
         for x in features:
-            x = F.relu(self.conv(x))
+            x = F.relu(self.conv(x), inplace=True)  # the conv's backward needs its input only
             b, _, h, w = x.shape
             objectness.append(self.objectness(x).permute(0, 2, 3, 1).reshape(b, -1))
             deltas.append(self.deltas(x).view(b, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4))

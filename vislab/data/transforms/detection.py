@@ -57,9 +57,10 @@ class RecomputeBoxes:
         if masks is None or len(masks) == 0:
             return image, target
         boxes = torch.zeros((len(masks), 4), dtype=torch.float32)
-        present = masks.flatten(1).any(dim=1)
+        masks = masks.as_subclass(torch.Tensor)
+        present = masks.flatten(1).any(dim=1).bool()  # any() keeps uint8 masks' dtype
         if present.any():
-            boxes[present] = masks_to_boxes(masks[present].as_subclass(torch.Tensor)).float()
+            boxes[present] = masks_to_boxes(masks[present]).float()
             boxes[present, 2:] += 1  # the last pixel's far edge
         return image, {**target, "boxes": tv_tensors.wrap(boxes, like=target["boxes"])}
 

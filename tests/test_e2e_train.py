@@ -57,6 +57,10 @@ def test_resume_continues_exactly(tmp_path):
     b = load_file(str(crashed / "checkpoints" / "epoch_0003" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
+    # the records the crashed run had logged after epoch 1 are replaced, not repeated
+    resumed, uninterrupted = read_metrics(crashed), read_metrics(full)
+    assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted]
+    assert [r.get("loss") for r in resumed] == pytest.approx([r.get("loss") for r in uninterrupted], abs=1e-5)
 
 
 def test_existing_run_needs_resume(tmp_path):

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vislab.utils.files import atomic_write_text
+
 if TYPE_CHECKING:
     from vislab.engine.trainer import Trainer
 
@@ -52,13 +54,27 @@ class CheckpointHook(Hook):
 
 class MetricsWriter(Hook):
     """Appends one JSON object per logged step and evaluation to ``metrics.jsonl``, and writes
-    the same scalars as TensorBoard events."""
+    the same scalars as TensorBoard events.
+
+    A resumed run first drops the records logged after the step it resumes from (the steps it
+    is about to run again), and TensorBoard hides those events (``purge_step``), so each step
+    is recorded once however often a run is interrupted."""
 
     def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+
+    def before_train(self, trainer: "Trainer") -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        resumed = trainer.step > 0
+        if resumed and self.path.exists():
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["step"] <= trainer.step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
+                                purge_step=trainer.step + 1 if resumed else None)
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:

@@ -51,6 +51,8 @@ def test_resume_continues_exactly(tmp_path):
         shutil.rmtree(crashed / "checkpoints" / name)
     (crashed / "checkpoints" / "last").write_text("epoch_0001")
     (crashed / "checkpoints" / "best").unlink()
+    with (crashed / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 14, "epo')  # a record the crash cut short
     summary = train(tiny_digits_config(crashed, "train.epochs=3", "train.keep_last=3", "resume=true"))
     assert summary["steps"] == 18
     a = load_file(str(full / "checkpoints" / "epoch_0003" / "model.safetensors"))

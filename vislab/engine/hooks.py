@@ -6,6 +6,7 @@ The loop (``Trainer.fit``) calls ``before_train``, ``after_step`` after each opt
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ class MetricsWriter(Hook):
         resumed = trainer.step > 0
         if resumed and self.path.exists():
             lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["step"] <= trainer.step]
+            kept = [line for line in lines if _step_of(line, default=math.inf) <= trainer.step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
                                 purge_step=trainer.step + 1 if resumed else None)
@@ -90,6 +91,14 @@ class MetricsWriter(Hook):
 
     def after_train(self, trainer: "Trainer") -> None:
         self.tb.close()
+
+
+def _step_of(line: str, *, default: float) -> float:
+    """The ``step`` of a ``metrics.jsonl`` line; ``default`` for a line a crash cut short."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return default
 
 
 class ProgressHook(Hook):

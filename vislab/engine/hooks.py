@@ -57,9 +57,10 @@ class MetricsWriter(Hook):
     """Appends one JSON object per logged step and evaluation to ``metrics.jsonl``, and writes
     the same scalars as TensorBoard events.
 
-    A resumed run first drops the records logged after the step it resumes from (the steps it
-    is about to run again), and TensorBoard hides those events (``purge_step``), so each step
-    is recorded once however often a run is interrupted."""
+    A run first drops the records logged after the step it starts from: a resumed run's steps it
+    is about to run again, all of them for a run that starts at step 0 in a folder without a
+    checkpoint, and a record a crash cut short. TensorBoard hides those events (``purge_step``),
+    so each step is recorded once however often a run is interrupted."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
@@ -69,13 +70,11 @@ class MetricsWriter(Hook):
     def before_train(self, trainer: "Trainer") -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        resumed = trainer.step > 0
-        if resumed and self.path.exists():
+        if self.path.exists():
             lines = self.path.read_text().splitlines()
             kept = [line for line in lines if _step_of(line, default=math.inf) <= trainer.step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-        self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
-                                purge_step=trainer.step + 1 if resumed else None)
+        self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=trainer.step + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import platform
 import random
 import time
 import warnings
@@ -50,10 +51,18 @@ def seed_everything(*seeds: int) -> None:
     random.seed(seed)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products in hardware (AVX512-BF16 or AMX); elsewhere
-    autocast emulates them and is slower than float32."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
+BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private
+
+
+def cpu_emulates_bf16() -> bool:
+    """Whether this is an x86 CPU without AVX512-BF16 or AMX, where autocast emulates bf16 matrix
+    products and runs slower than float32. Other architectures, and torch builds without the
+    probes, are not judged."""
+    probes = [getattr(torch.cpu, name, None) for name in BF16_PROBES]
+    if platform.machine().lower() not in X86_MACHINES or None in probes:
+        return False
+    return not any(probe() for probe in probes)
 
 
 def autocast_context(device: torch.device, *, enabled: bool, dtype: str):
@@ -108,7 +117,7 @@ class Trainer:
         self.amp = train.amp if train.amp is not None else device.type == "cuda"
         if self.amp and train.amp_dtype == "fp16" and device.type != "cuda":
             raise ValueError("train.amp_dtype=fp16 needs CUDA; use bf16 on CPU")
-        if self.amp and device.type == "cpu" and not cpu_has_native_bf16():
+        if self.amp and device.type == "cpu" and dist.is_main and cpu_emulates_bf16():
             warnings.warn("train.amp=true on a CPU without AVX512-BF16 or AMX: bf16 autocast is emulated "
                           "there and slower than float32; set train.amp=false", stacklevel=2)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and train.amp_dtype == "fp16")

@@ -1,10 +1,11 @@
 """Multiscale Vision Transformers for video: MViT (Fan et al., 2021) and MViTv2 (Li et al., 2022).
 
 A 3x7x7 convolution with stride 2x4x4 embeds a clip into a ``(T/2, H/4, W/4)`` grid of "cube"
-tokens (MViT-B's ``cube_1``) and a class token is prepended. Four stages of the image MViTv2's
-pooling-attention blocks follow (``vislab.models.backbones.mvit_trunk`` on a 3-D grid): the first block of stages 2-4 pools its queries with stride 1x2x2, halving the spatial
-grid and doubling channels and heads, while keys and values are pooled with the "adaptive"
-stride that starts at 1x8x8 and shrinks with the queries' (down to 1). Pooling never touches
+tokens (MViT-B's ``cube_1``) and a class token is prepended. Four stages of pooling-attention
+blocks follow (``vislab.models.backbones.mvit_trunk``, the image MViTv2's, on a 3-D grid): the
+first block of stages 2-4 pools its queries with stride 1x2x2, halving the spatial grid and
+doubling channels and heads, while keys and values are pooled with the "adaptive" stride that
+starts at 1x8x8 and shrinks with the queries' (down to 1). Pooling never touches
 the class token, and the classifier reads it after the final LayerNorm.
 
 The two versions differ in four switches, all the official configs' (PySlowFast

@@ -2,9 +2,10 @@
 
 A 7x7 stride-4 convolution embeds the image into a grid of tokens; four stages of pooling-
 attention blocks follow (``vislab.models.backbones.mvit_trunk``), with query stride 2 at each
-stage transition and key/value stride 4 in stage 1. There is no absolute position embedding and
-no class token: position comes from the decomposed relative position embeddings, and the
-classifier reads the mean of the last stage's tokens after the final LayerNorm.
+stage transition and key/value stride ``kv_stride`` (4 by default) in stage 1. There is no
+absolute position embedding and no class token: position comes from the decomposed relative
+position embeddings, and the classifier reads the mean of the last stage's tokens after the final
+LayerNorm.
 
 The layout, LayerNorm eps 1e-6 and initialisation follow the official code and timm's
 ``mvitv2.py``, so timm weights convert by renaming keys.

@@ -76,7 +76,8 @@ class MaskHead(nn.Module):
     region. The predictor is the per-class 1x1 convolution of Mask R-CNN, but only the row of the
     class asked for is applied (the loss reads the ground-truth class's mask, inference the
     predicted class's; section 3): the same logits as all classes then one picked, without the
-    ``[N, classes, 28, 28]`` tensor, the head's largest."""
+    ``[N, classes, 28, 28]`` tensor, the head's largest. ``predictor`` holds the weights (the
+    detectron2/torchvision layout) but is not called as a module, so hooks on it do not fire."""
 
     def __init__(self, *, channels: int, num_classes: int, norm: str = "none", conv_dim: int = 256,
                  num_convs: int = 4):

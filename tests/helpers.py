@@ -1,12 +1,15 @@
-"""Shared builders for the end-to-end tests: tiny configs and generated image folders."""
+"""Shared test helpers: tiny configs, generated image folders, and the timm-conversion check."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+import vislab
 from vislab.config import load_config
+from vislab.convert import convert_file
 
 TINY_DIGITS = [
     "model.name=resnet18", "model.width=0.25", "model.norm=GN", "model.norm_groups=4",
@@ -36,3 +39,18 @@ def make_image_folder(root: Path, *, per_class: dict[str, int], size: int = 40, 
                 pixels = np.clip(np.array(colour) + rng.normal(0, 30, (size, size, 3)), 0, 255)
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}{suffix}")
     return root
+
+
+def assert_timm_conversion_matches(reference, *, model, model_name: str, folder: Path, image_size: int) -> None:
+    """Save the timm ``reference`` (random weights), convert the file as ``vislab convert --from
+    timm --model model_name`` does, load it strictly into ``model`` and compare logits on a fixed
+    random batch of two images: non-trivial, and equal within 1e-4."""
+    src, dst = folder / "timm.pth", folder / "converted.safetensors"
+    torch.save(reference.state_dict(), src)
+    convert_file(source="timm", model_name=model_name, src=src, dst=dst)
+    assert vislab.load_weights(model, dst).ok  # strict: every tensor of the model is loaded
+    x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, logits = reference.eval()(x), model.eval()(x)
+    assert expected.std() > 0.1  # random weights that give a non-trivial output
+    assert (logits - expected).abs().max().item() <= 1e-4

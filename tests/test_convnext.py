@@ -8,7 +8,8 @@ import timm
 import torch
 
 import vislab
-from vislab.convert import convert_file, convert_state_dict
+from helpers import assert_timm_conversion_matches
+from vislab.convert import convert_state_dict
 from vislab.engine.optim import param_groups
 from vislab.models.backbones.convnext import ConvNeXtBlock
 from vislab.models.complexity import count_params, on_meta
@@ -79,19 +80,8 @@ def test_timm_convnext_tiny_converts_to_same_logits(tmp_path):
     randomize_(reference, seed=1)
     gammas = [p for n, p in reference.named_parameters() if n.endswith("gamma")]
     assert len(gammas) == 18 and all(g.abs().mean() > 0.1 for g in gammas)
-    src, dst = tmp_path / "timm_tiny.pth", tmp_path / "tiny.safetensors"
-    torch.save(reference.state_dict(), src)
-    convert_file(source="timm", model_name="convnext_tiny", src=src, dst=dst)
-
-    model = vislab.create_model("convnext_tiny").eval()
-    report = vislab.load_weights(model, dst)
-    assert report.ok
-    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        expected = reference(x)
-        logits = model(x)
-    assert expected.std() > 0.1  # random weights that give a non-trivial output
-    assert (logits - expected).abs().max().item() <= 1e-4
+    assert_timm_conversion_matches(reference, model=vislab.create_model("convnext_tiny"), model_name="convnext_tiny",
+                                   folder=tmp_path, image_size=128)
 
 
 def test_timm_weights_of_another_variant_are_refused_with_keys():

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import vislab
-from vislab.convert import convert_file, convert_state_dict
+from helpers import assert_timm_conversion_matches
+from vislab.convert import convert_state_dict
 from vislab.convert.timm_mvitv2 import timm_mvitv2
 from vislab.layers.pool_attention import (PoolingAttention, decomposed_rel_pos_bias, pool_tokens,
                                           relative_positions, resize_rel_pos)
@@ -237,19 +238,8 @@ def test_timm_mvitv2_tiny_converts_to_same_logits(tmp_path):
     reference = on_meta(lambda: timm.create_model("mvitv2_tiny", pretrained=False))
     reference = reference.to_empty(device="cpu").eval()
     randomize_(reference, seed=1)
-    src, dst = tmp_path / "timm_tiny.pth", tmp_path / "tiny.safetensors"
-    torch.save(reference.state_dict(), src)
-    convert_file(source="timm", model_name="mvitv2_tiny", src=src, dst=dst)
-
-    model = on_meta(lambda: vislab.create_model("mvitv2_tiny")).to_empty(device="cpu").eval()
-    report = vislab.load_weights(model, dst)  # strict: every tensor of the model is loaded
-    assert report.ok
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        expected = reference(x)
-        logits = model(x)
-    assert expected.std() > 0.1  # random weights that give a non-trivial output
-    assert (logits - expected).abs().max().item() <= 1e-4
+    model = on_meta(lambda: vislab.create_model("mvitv2_tiny")).to_empty(device="cpu")
+    assert_timm_conversion_matches(reference, model=model, model_name="mvitv2_tiny", folder=tmp_path, image_size=224)
 
 
 def test_timm_weights_of_another_variant_are_refused_with_keys():

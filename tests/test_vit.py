@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import vislab
+from helpers import assert_timm_conversion_matches
 from vislab.convert import convert_file
 from vislab.convert.timm_vit import timm_vit
 from vislab.layers.attention import MultiHeadSelfAttention
@@ -52,18 +53,8 @@ def converted_vislab(timm_model: nn.Module, name: str = "vit_s16", **overrides) 
 # ---------------------------------------------------------------------------------------------
 
 def test_timm_vit_small_converts_and_matches_logits(tmp_path):
-    reference = randomised_timm()
-    src, dst = tmp_path / "timm_vit_s16.pth", tmp_path / "vit_s16.safetensors"
-    torch.save(reference.state_dict(), src)
-    convert_file(source="timm", model_name="vit_s16", src=src, dst=dst)
-    model = vislab.create_model("vit_s16").eval()
-    vislab.load_weights(model, dst)
-    torch.manual_seed(1)
-    x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        expected, logits = reference(x), model(x)
-    assert expected.abs().max() > 0.1  # random weights give non-trivial logits
-    assert (logits - expected).abs().max().item() <= 1e-4
+    assert_timm_conversion_matches(randomised_timm(), model=vislab.create_model("vit_s16"), model_name="vit_s16",
+                                   folder=tmp_path, image_size=224)
 
 
 @pytest.mark.parametrize("timm_kwargs, overrides", [

@@ -72,7 +72,7 @@ class MetricsWriter(Hook):
 
         if self.path.exists():
             lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if _step_of(line, default=math.inf) <= trainer.step]
+            kept = [line for line in lines if _step_of(line) <= trainer.step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=trainer.step + 1)
 
@@ -92,12 +92,12 @@ class MetricsWriter(Hook):
         self.tb.close()
 
 
-def _step_of(line: str, *, default: float) -> float:
-    """The ``step`` of a ``metrics.jsonl`` line; ``default`` for a line a crash cut short."""
+def _step_of(line: str) -> float:
+    """The ``step`` of a ``metrics.jsonl`` line; infinity for a line a crash cut short."""
     try:
         return json.loads(line)["step"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        return default
+        return math.inf
 
 
 class ProgressHook(Hook):

@@ -3,10 +3,11 @@
 The class is the motion alone: moving left, right, up or down, growing, shrinking, rotating
 (either way) or staying still. Everything a single frame shows is drawn independently of it: the
 shape's kind (square, triangle, star or hexagon; a circle's rotation would be invisible), colour,
-size and position, and the background (a colour with a gradient and still noise). Every clip draws from its own ``numpy`` generator seeded by (seed, split, index): the
-same seed gives the same frames, and a larger set extends a smaller one.
+size and position, and the background (a colour with a gradient and still noise). Every clip
+draws from its own ``numpy`` generator seeded by (seed, split, index): the same seed gives the
+same frames, and a larger set extends a smaller one.
 
-Two choices make the motion learnable by an average-pooled 3-D CNN in minutes on a CPU:
+Three choices make the motion learnable by an average-pooled 3-D CNN in minutes on a CPU:
 
 - Contrast of one sign in every channel. Either the background is dark (each channel in
   ``DARK``) and the shape light (each channel in ``LIGHT``), or the reverse. When the channels

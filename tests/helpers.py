@@ -11,6 +11,8 @@ import vislab
 from vislab.config import load_config
 from vislab.convert import convert_file
 
+DATA = Path(__file__).parent / "data"  # reference tensors made by other codebases (see each README)
+
 TINY_DIGITS = [
     "model.name=resnet18", "model.width=0.25", "model.norm=GN", "model.norm_groups=4",
     "data.name=digits", "data.image_size=32", "data.val_resize=32", "data.crop_scale=[0.8,1.0]",

@@ -14,8 +14,8 @@ import vislab
 from helpers import assert_timm_conversion_matches
 from vislab.convert import convert_state_dict
 from vislab.convert.timm_mvitv2 import timm_mvitv2
-from vislab.layers.pool_attention import (PoolingAttention, decomposed_rel_pos_bias, pool_tokens,
-                                          relative_positions, resize_rel_pos)
+from vislab.layers.pool_attention import PoolingAttention, pool_tokens
+from vislab.layers.rel_pos import decomposed_rel_pos_bias, relative_positions, resize_rel_pos
 from vislab.models.backbones.mvit_trunk import MultiScaleBlock
 from vislab.models.complexity import on_meta
 from vislab.models.registry import get_entry

@@ -155,6 +155,44 @@ def test_pth_with_pickled_object_is_refused(tmp_path):
     assert str(path) in str(info.value)
 
 
+class RunsCommand:
+    """Unpickling this calls os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pkl_naming_a_callable_is_refused_and_nothing_runs(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    marker, path = tmp_path / "ran", tmp_path / "model_final.pkl"
+    with open(path, "wb") as file:
+        pickle.dump({"model": {"fc.weight": np.zeros((2, 2), dtype=np.float32), "x": RunsCommand(marker)}}, file)
+    with pytest.raises(WeightsError, match=r"names (posix|os)\.system.*refusing"):
+        read_weights(path)
+    assert not marker.exists()
+
+
+def test_pkl_of_numpy_arrays_reads_as_tensors(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    src = _randomized(Tiny(), 5)
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as file:
+        pickle.dump({"model": {k: v.numpy() for k, v in src.state_dict().items()}, "__author__": "x"}, file)
+    dst = Tiny()
+    assert vislab.load_weights(dst, path).ok
+    assert torch.equal(dst.fc.weight, src.fc.weight)
+
+
 def test_pth_plain_state_dict_and_wrapped_state_dict_load(tmp_path):
     src = _randomized(Tiny(), 4)
     for i, obj in enumerate([src.state_dict(), {"model": src.state_dict(), "epoch": 3},

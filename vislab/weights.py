@@ -1,7 +1,9 @@
 """Saving and loading model weights as safetensors, with key checks that name what is wrong.
 
-Nothing here executes code from a file: safetensors holds only tensors and string metadata, and
-PyTorch files are read with ``torch.load(weights_only=True)``.
+Nothing here executes code from a file: safetensors holds only tensors and string metadata,
+PyTorch files are read with ``torch.load(weights_only=True)``, and ``.pkl`` files (detectron2's
+model zoo: pickled dicts of numpy arrays) with an unpickler that admits only numpy arrays and
+plain containers.
 """
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from vislab.utils.files import atomic_path
+from vislab.utils.safe_pickle import UnsafePickleError, load_arrays_pickle
 
 
 class WeightsError(RuntimeError):
@@ -67,10 +71,13 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"weights file {path} is corrupt or truncated: {exc}") from exc
         return tensors, {k: _decode(v) for k, v in raw_meta.items()}
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for bad or unsafe pickles
-        raise WeightsError(f"cannot read {path} as PyTorch weights: {exc}") from exc
+    if path.suffix == ".pkl":
+        obj = _read_arrays_pickle(path)
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for bad or unsafe pickles
+            raise WeightsError(f"cannot read {path} as PyTorch weights: {exc}") from exc
     for key in ("state_dict", "model", "model_state"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -78,6 +85,25 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} holds no state dict of tensors")
     return obj, {}
+
+
+def _read_arrays_pickle(path: Path) -> Any:
+    """A ``.pkl`` checkpoint with its numpy arrays as tensors; nothing in it is run."""
+    try:
+        obj = load_arrays_pickle(path)
+    except UnsafePickleError as exc:
+        raise WeightsError(str(exc)) from None
+    except Exception as exc:  # a truncated or non-pickle file
+        raise WeightsError(f"cannot read {path} as a pickled dict of arrays: {exc}") from exc
+
+    def tensors(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(value.copy())  # a writable, C-ordered copy (0-d arrays stay 0-d)
+        if isinstance(value, dict):
+            return {k: tensors(v) for k, v in value.items()}
+        return value
+
+    return tensors(obj)
 
 
 def _decode(value: str) -> Any:
@@ -127,15 +153,29 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> LoadRepo
     """Initialise ``model.backbone`` from the ``backbone.*`` tensors of ``path``, as transfer
     learning does: the file may come from a classifier, a detector or a self-supervised
     pre-training run, and whatever else it holds (classifier head, decoder, momentum encoder,
-    queue) is left out. A backbone tensor that is missing or does not fit is an error naming it."""
+    queue) is left out, and so are the tensors of modules the backbone leaves out (an
+    ``nn.Identity`` where the source has a classification-only norm). A backbone with
+    ``adapt_pretrained`` (a ViTDet trunk) first fits the tensors to itself. A backbone tensor
+    that is missing or does not fit is an error naming it."""
     state_dict, _ = read_weights(path)
     backbone_state = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
     if not backbone_state:
         raise WeightsError(f"pretrained weights {path} hold no backbone.* tensors; convert them with "
                            f"`vislab convert` first")
+    if hasattr(model.backbone, "adapt_pretrained"):
+        backbone_state = model.backbone.adapt_pretrained(backbone_state)
+    backbone_state = _without_left_out_modules(model.backbone, backbone_state)
     report = check_state_dict(model.backbone, backbone_state)
     if not report.ok:
         raise WeightsError(f"pretrained weights {path} do not fit the backbone of "
                            f"{type(model).__name__}: {report.describe()}")
     model.backbone.load_state_dict(backbone_state, strict=False)
     return report
+
+
+def _without_left_out_modules(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` without the tensors of direct children that ``module`` has as
+    ``nn.Identity`` (e.g. ``norm.weight`` for a detection trunk built with ``final_norm=False``);
+    deeper ones (a block's LayerScale) are real mismatches and stay."""
+    left_out = {name for name, child in module.named_children() if isinstance(child, nn.Identity)}
+    return {k: v for k, v in state_dict.items() if k.split(".")[0] not in left_out}

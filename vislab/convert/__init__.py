@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from vislab.convert.detectron2 import detectron2_rcnn
+from vislab.convert.detectron2 import detectron2_rcnn, detectron2_vitdet
 from vislab.convert.mae import mae_encoder, mae_pretrain
 from vislab.convert.moco import moco_resnet, moco_vit
 from vislab.convert.pytorchvideo import pytorchvideo_resnet3d, pytorchvideo_slowfast, pytorchvideo_x3d
@@ -31,6 +31,7 @@ CONVERTERS: dict[tuple[str, str], Converter] = {
     ("torchvision", "resnet"): torchvision_resnet,
     ("torchvision", "rcnn"): torchvision_rcnn,
     ("detectron2", "rcnn"): detectron2_rcnn,
+    ("detectron2", "vitdet"): detectron2_vitdet,
     ("timm", "convnext"): timm_convnext,
     ("timm", "resnetv2"): timm_resnetv2,
     ("timm", "vit"): timm_vit,
@@ -51,7 +52,8 @@ SOURCE_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 # where the class count can be read, and how many of those rows are background
-CLASS_ROWS = (("head.fc.weight", 0), ("roi_heads.box_predictor.cls_score.weight", 1))
+CLASS_ROWS = (("head.fc.weight", 0), ("roi_heads.box_predictor.cls_score.weight", 1),
+              ("roi_heads.box_predictors.0.cls_score.weight", 1))
 
 
 def class_count(converted: dict[str, torch.Tensor]) -> int | None:

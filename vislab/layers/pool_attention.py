@@ -7,11 +7,10 @@ so the output has the (usually coarser) query grid. The pieces are small functio
 video MViT can reuse them with a temporal axis:
 
 - ``pool_tokens`` reshapes tokens to a grid, applies a pooling op and flattens back;
-- ``relative_positions`` looks up the embeddings of every query-key offset along one axis;
-- ``decomposed_rel_pos_bias`` sums them over the axes into an additive attention bias: on a
-  ``(T, H, W)`` grid the temporal term of MViTv2 (section 4.1, ``R_t`` beside ``R_h`` and
-  ``R_w``) is the first table, ``rel_pos_t`` (PySlowFast's ``cal_rel_pos_temporal`` beside
-  ``cal_rel_pos_spatial``).
+- ``vislab.layers.rel_pos.decomposed_rel_pos_bias`` gives the additive attention bias of the
+  decomposed relative positions: on a ``(T, H, W)`` grid the temporal term of MViTv2 (section
+  4.1, ``R_t`` beside ``R_h`` and ``R_w``) is the first table, ``rel_pos_t`` (PySlowFast's
+  ``cal_rel_pos_temporal`` beside ``cal_rel_pos_spatial``).
 
 Video MViT prepends a class token to the grid (``num_prefix_tokens=1``). As in PySlowFast's
 ``attention_pool``, the class token skips every pooling but is normalised with the pooled
@@ -30,6 +29,9 @@ from typing import Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from vislab.layers.rel_pos import decomposed_rel_pos_bias
+from vislab.layers.windows import window_partition, window_unpartition
 
 Grid = tuple[int, ...]
 AXIS_NAMES = ("t", "h", "w")
@@ -73,55 +75,6 @@ class TokenPool(nn.Module):
         return self.norm(x), thw
 
 
-def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
-    """Linearly resample a ``(L, C)`` relative-position table to ``length`` rows (the official
-    MViTv2/ViTDet ``get_rel_pos``; timm does the same when loading weights for another size)."""
-    if table.shape[0] == length:
-        return table
-    resized = F.interpolate(table.transpose(0, 1).unsqueeze(0), size=length, mode="linear")
-    return resized[0].transpose(0, 1)
-
-
-def relative_positions(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
-    """The ``(q_size, k_size, C)`` embeddings of each query-key offset along one axis.
-
-    When queries and keys have different resolutions (pooled with different strides), positions
-    are compared on the finer grid: the coarser side is scaled by the size ratio (the official
-    MViTv2 code). The offset is shifted to start at 0 and indexes ``table``, which is resampled
-    to ``2 * max(q_size, k_size) - 1`` rows when the grid differs from the one it was built for.
-    """
-    table = resize_rel_pos(table, 2 * max(q_size, k_size) - 1)
-    q_ratio = max(k_size / q_size, 1.0)
-    k_ratio = max(q_size / k_size, 1.0)
-    q_coords = torch.arange(q_size, device=table.device)[:, None] * q_ratio
-    k_coords = torch.arange(k_size, device=table.device)[None, :] * k_ratio
-    offsets = q_coords - k_coords + (k_size - 1) * k_ratio
-    return table[offsets.long()]
-
-
-def decomposed_rel_pos_bias(q: torch.Tensor, q_thw: Sequence[int], k_thw: Sequence[int],
-                            tables: Sequence[torch.Tensor]) -> torch.Tensor:
-    """MViTv2 section 4.1, eqs. (2)-(3): the attention bias
-    ``bias[i, j] = q_i . (R_t[t(i), t(j)] + R_h[h(i), h(j)] + R_w[w(i), w(j)])``, one table per
-    grid axis, as ``(B, heads, N_q, N_k)``. Each axis costs one small product of the queries
-    with that axis's ``(q_size, k_size, C)`` embeddings instead of one per query-key pair.
-
-    As in the official code, the bias uses the unscaled queries and is added after the logits
-    are scaled by ``1 / sqrt(head_dim)`` (the paper's equation puts it inside the scaling).
-    """
-    batch, heads, _, channels = q.shape
-    ndim = len(q_thw)
-    q_axes = "xyz"[:ndim]
-    q_grid = q.reshape(batch, heads, *q_thw, channels)
-    bias = q.new_zeros(batch, heads, *q_thw, *k_thw)
-    for axis, table in enumerate(tables):
-        rel = relative_positions(table, q_thw[axis], k_thw[axis])
-        term = torch.einsum(f"bn{q_axes}c,{q_axes[axis]}kc->bn{q_axes}k", q_grid, rel)
-        key_shape = [k_thw[a] if a == axis else 1 for a in range(ndim)]
-        bias = bias + term.reshape(batch, heads, *q_thw, *key_shape)
-    return bias.reshape(batch, heads, math.prod(q_thw), math.prod(k_thw))
-
-
 class PoolingAttention(nn.Module):
     """Multi-head pooling attention from ``dim`` to ``dim_out`` channels.
 
@@ -139,16 +92,23 @@ class PoolingAttention(nn.Module):
         rel_pos: decomposed relative position embeddings (MViTv2 section 4.1, eqs. (2)-(3)).
         qkv_bias: learned bias on queries, keys and values.
         eps: the pooling LayerNorms' epsilon.
+        window_size: attend inside windows of this many input-grid tokens a side (the hybrid
+            window attention of MViTv2's detectors, section 5.1): after pooling, queries and
+            keys/values are cut into matching windows of ``window_size // stride`` (padded at the
+            bottom and right, as in detectron2); 0 attends globally. 2-D grids only.
     """
 
     def __init__(self, dim: int, dim_out: int, *, num_heads: int, input_size: Sequence[int],
                  q_stride: Sequence[int], kv_stride: Sequence[int], pool_kernel: Sequence[int],
                  q_pool_kernel: Sequence[int] | None = None, num_prefix_tokens: int = 0,
                  residual_pooling: bool = True, rel_pos: bool = True, qkv_bias: bool = True,
-                 eps: float = 1e-6):
+                 eps: float = 1e-6, window_size: int = 0):
         super().__init__()
         if dim_out % num_heads != 0:
             raise ValueError(f"attention width {dim_out} is not divisible by {num_heads} heads")
+        if window_size and (len(input_size) != 2 or num_prefix_tokens):
+            raise ValueError("window attention needs a 2-D token grid without class tokens")
+        self.windows = ((window_size // q_stride[-1], window_size // kv_stride[-1]) if window_size else None)
         self.num_heads = num_heads
         self.dim_out = dim_out
         self.head_dim = dim_out // num_heads
@@ -184,15 +144,35 @@ class PoolingAttention(nn.Module):
         q, q_thw = _pool(self.pool_q, q, thw, prefix)
         k, k_thw = _pool(self.pool_k, k, thw, prefix)
         v, _ = _pool(self.pool_v, v, thw, prefix)
-        bias = None
-        if self.rel_pos_axes:  # prefix tokens take no bias: zero rows and columns before the grid's
-            bias = decomposed_rel_pos_bias(q[:, :, prefix:], q_thw, k_thw, self.rel_pos_tables)
-            bias = F.pad(bias, (prefix, 0, prefix, 0)) if prefix else bias
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if self.windows is not None:
+            out = self._attend_in_windows(q, k, v, q_thw, k_thw)
+        else:
+            out = self._attend(q, k, v, q_thw, k_thw)
         if self.residual_pooling:  # pooled queries are added to the grid tokens only
             out = out + (F.pad(q[:, :, prefix:], (0, 0, prefix, 0)) if prefix else q)
         out = out.transpose(1, 2).reshape(batch, -1, self.dim_out)
         return self.proj(out), q_thw
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_thw: Grid, k_thw: Grid) -> torch.Tensor:
+        prefix = self.num_prefix_tokens
+        bias = None
+        if self.rel_pos_axes:  # prefix tokens take no bias: zero rows and columns before the grid's
+            bias = decomposed_rel_pos_bias(q[:, :, prefix:], q_thw, k_thw, self.rel_pos_tables)
+            bias = F.pad(bias, (prefix, 0, prefix, 0)) if prefix else bias
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+    def _attend_in_windows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_thw: Grid,
+                           k_thw: Grid) -> torch.Tensor:
+        """Attention inside matching query and key/value windows; ``(B, heads, N_q, C)``."""
+        batch, heads, _, channels = q.shape
+        q_win, kv_win = self.windows
+        q_windows, q_padded = window_partition(q.reshape(batch * heads, *q_thw, channels), q_win)
+        k_windows, _ = window_partition(k.reshape(batch * heads, *k_thw, channels), kv_win)
+        v_windows, _ = window_partition(v.reshape(batch * heads, *k_thw, channels), kv_win)
+        out = self._attend(q_windows.flatten(1, 2)[:, None], k_windows.flatten(1, 2)[:, None],
+                           v_windows.flatten(1, 2)[:, None], (q_win, q_win), (kv_win, kv_win))
+        out = window_unpartition(out.view_as(q_windows), q_win, padded=q_padded, size=tuple(q_thw))
+        return out.reshape(batch, heads, -1, channels)
 
 
 def _pool(pool: TokenPool | None, x: torch.Tensor, thw: Sequence[int],

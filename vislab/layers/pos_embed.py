@@ -42,16 +42,18 @@ def sincos_2d_position_embedding(*, embed_dim: int, grid_size: tuple[int, int],
 
 
 def resize_grid_position_embedding(pos_embed: torch.Tensor, *, old_grid: tuple[int, int],
-                                   new_grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+                                   new_grid: tuple[int, int], num_prefix_tokens: int,
+                                   antialias: bool = True) -> torch.Tensor:
     """Resample ``pos_embed`` ``(1, num_prefix_tokens + h * w, C)`` from grid ``old_grid`` to
-    ``new_grid`` by bicubic interpolation (``align_corners=False``, anti-aliased when shrinking,
-    as timm's ``resample_abs_pos_embed``); prefix (class token) entries are kept as they are.
-    The same grid returns ``pos_embed`` itself."""
+    ``new_grid`` by bicubic interpolation (``align_corners=False``); prefix (class token) entries
+    are kept as they are. ``antialias`` is timm's ``resample_abs_pos_embed`` (PyTorch's
+    anti-aliased bicubic, which also uses another cubic coefficient); without it, detectron2's
+    ``get_abs_pos``. The same grid returns ``pos_embed`` itself."""
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     channels = grid.shape[-1]
     grid = grid.float().reshape(1, old_grid[0], old_grid[1], channels).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=True)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], channels).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)

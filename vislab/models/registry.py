@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from vislab.models.registry_types import ModelEntry
-from vislab.models.zoo import convnext, mae, moco, mvit_video, mvitv2, rcnn, resnet, resnetv2, video_cnn, vit
+from vislab.models.zoo import convnext, mae, moco, mvit_video, mvitv2, rcnn, resnet, resnetv2, video_cnn, vit, vitdet
 
 
 class UnknownModelError(KeyError):
@@ -20,7 +20,7 @@ class UnknownModelError(KeyError):
 
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
-    for family in (resnet, resnetv2, vit, convnext, mvitv2, mae, moco, rcnn, mvit_video, video_cnn)
+    for family in (resnet, resnetv2, vit, convnext, mvitv2, mae, moco, rcnn, vitdet, mvit_video, video_cnn)
     for entry in family.ENTRIES
 }
 

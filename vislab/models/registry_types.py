@@ -15,6 +15,8 @@ class Reference:
     gmacs: float | None
     source: str
     top1: float | None = None  # published ImageNet-1k top-1 (%), for the zoo page
+    box_ap: float | None = None  # published COCO box AP (detectors), for the zoo page
+    mask_ap: float | None = None  # published COCO mask AP
 
 
 @dataclass(frozen=True)

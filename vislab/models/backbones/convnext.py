@@ -97,11 +97,13 @@ class ConvNeXt(nn.Module):
             blocks of the network.
         layer_scale_init: initial value of every layer-scale gamma (1e-6); None builds none.
         in_chans: input image channels.
+        final_norm: the LayerNorm of the pooled features (a detection trunk, which is never
+            pooled, has none).
     """
 
     def __init__(self, *, depths: Sequence[int] = (3, 3, 9, 3), dims: Sequence[int] = (96, 192, 384, 768),
                  kernel_size: int = 7, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
-                 layer_scale_init: float | None = 1e-6, in_chans: int = 3):
+                 layer_scale_init: float | None = 1e-6, in_chans: int = 3, final_norm: bool = True):
         super().__init__()
         if len(depths) != 4 or len(dims) != 4:
             raise ValueError(f"depths and dims must list 4 stages, got {list(depths)} and {list(dims)}")
@@ -117,7 +119,7 @@ class ConvNeXt(nn.Module):
             stride *= 1 if index == 0 else 2
             self._shapes[name] = ShapeSpec(channels=dim, stride=stride)
             w_in, first_block = dim, first_block + depth
-        self.pooled_norm = nn.LayerNorm(w_in, eps=LAYER_NORM_EPS)
+        self.pooled_norm = nn.LayerNorm(w_in, eps=LAYER_NORM_EPS) if final_norm else nn.Identity()
         self.num_features = w_in
         self.apply(_init_weights)
 

@@ -46,7 +46,7 @@ class MultiScaleBlock(nn.Module):
                  q_stride: Sequence[int], kv_stride: Sequence[int], pool_kernel: Sequence[int],
                  dim_mul_in_att: bool, mlp_ratio: float, residual_pooling: bool, rel_pos: bool,
                  drop_path: float, q_pool_kernel: Sequence[int] | None = None,
-                 num_prefix_tokens: int = 0, pool_norm_eps: float = LAYER_NORM_EPS):
+                 num_prefix_tokens: int = 0, pool_norm_eps: float = LAYER_NORM_EPS, window_size: int = 0):
         super().__init__()
         attn_dim = dim_out if dim_mul_in_att else dim
         self.num_prefix_tokens = num_prefix_tokens
@@ -55,7 +55,7 @@ class MultiScaleBlock(nn.Module):
                                      q_stride=q_stride, kv_stride=kv_stride, pool_kernel=pool_kernel,
                                      q_pool_kernel=q_pool_kernel, num_prefix_tokens=num_prefix_tokens,
                                      residual_pooling=residual_pooling, rel_pos=rel_pos,
-                                     eps=pool_norm_eps)
+                                     eps=pool_norm_eps, window_size=window_size)
         self.shortcut_proj_attn = nn.Linear(dim, attn_dim) if attn_dim != dim else None
         skip_kernel = tuple(s + 1 if s > 1 else s for s in q_stride)
         self.shortcut_pool = (MAX_POOLS[len(q_stride)](skip_kernel, stride=tuple(q_stride),
@@ -89,7 +89,8 @@ class MultiScaleTrunk(nn.Module):
                     kv_stride: Sequence[int], depths: Sequence[int], embed_dim: int, num_heads: int,
                     pool_kernel: Sequence[int], pool_q_in_every_block: bool, dim_mul_in_att: bool,
                     residual_pooling: bool, rel_pos: bool, mlp_ratio: float, drop_path_rate: float,
-                    num_prefix_tokens: int = 0, pool_norm_eps: float = LAYER_NORM_EPS) -> None:
+                    num_prefix_tokens: int = 0, pool_norm_eps: float = LAYER_NORM_EPS,
+                    window_size: int = 0, final_norm: bool = True) -> None:
         """Builds the stages on a ``grid`` of tokens (per axis) at spatial stride ``patch_stride``.
 
         ``q_stride`` is the query stride (per axis) of the first block of stages 2-4 and
@@ -97,6 +98,12 @@ class MultiScaleTrunk(nn.Module):
         every block pools its queries with ``pool_kernel``, else only the strided ones (MViT v1).
         With ``dim_mul_in_att`` a stage widens at its first attention, else at the previous
         stage's last MLP.
+
+        ``window_size`` > 0 is the hybrid window attention of MViTv2's detectors (section 5.1;
+        detectron2's ``MViT``): stage ``s`` (from 0) attends in windows of ``window_size / 2^s``
+        query tokens, except the last block of stages 2-4, which attends globally, with its
+        key/value stride doubled in stages 2 and 3 to keep global attention affordable.
+        ``final_norm=False`` leaves out the classification path's final LayerNorm (detection).
         """
         if len(depths) != len(STAGE_NAMES):
             raise ValueError(f"depths must list {len(STAGE_NAMES)} stages, got {list(depths)}")
@@ -116,18 +123,23 @@ class MultiScaleTrunk(nn.Module):
                 dim_out = stage_width if dim_mul_in_att or b == depth - 1 else dim
                 block_q_stride = stage_q_stride if b == 0 else no_pooling
                 pools_q = pool_q_in_every_block or math.prod(block_q_stride) > 1
+                global_block = index > 0 and b == depth - 1
+                block_kv_stride = (tuple(2 * s for s in stage_kv_stride)
+                                   if window_size and global_block and index < len(depths) - 1 else stage_kv_stride)
+                block_window = (0 if not window_size or global_block
+                                else window_size // 2**index * block_q_stride[-1])
                 blocks.append(MultiScaleBlock(
                     dim, dim_out, num_heads=num_heads * 2**index, input_size=grid,
-                    q_stride=block_q_stride, kv_stride=stage_kv_stride, pool_kernel=tuple(pool_kernel),
+                    q_stride=block_q_stride, kv_stride=block_kv_stride, pool_kernel=tuple(pool_kernel),
                     q_pool_kernel=None if pools_q else no_pooling, num_prefix_tokens=num_prefix_tokens,
                     dim_mul_in_att=dim_mul_in_att, mlp_ratio=mlp_ratio, residual_pooling=residual_pooling,
-                    rel_pos=rel_pos, pool_norm_eps=pool_norm_eps, drop_path=next(rates)))
+                    rel_pos=rel_pos, pool_norm_eps=pool_norm_eps, drop_path=next(rates), window_size=block_window))
                 grid = tuple(size // s for size, s in zip(grid, block_q_stride))
                 dim = dim_out
             self._first_block_ids[name] = sum(depths[:index])
             self.add_module(name, nn.ModuleList(blocks))
             self._shapes[name] = ShapeSpec(channels=dim, stride=stride)
-        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS) if final_norm else nn.Identity()
         self.num_features = dim
         self.num_blocks = sum(depths)
 

@@ -47,12 +47,17 @@ class MViTv2(MultiScaleTrunk):
         img_size: the input side the relative-position tables are sized for; other inputs
             resample them linearly.
         in_chans: input channels.
+        window_size: hybrid window attention for detection (section 5.1): windows of this many
+            stage-1 tokens a side (56, the whole 224-pixel grid), halved at each stage, with the
+            last block of stages 2-4 global; 0 attends globally everywhere (classification).
+        final_norm: the final LayerNorm of the classification path (a detection trunk has none).
     """
 
     def __init__(self, *, depths: Sequence[int], embed_dim: int = 96, num_heads: int = 1,
                  pool_kernel: int = 3, kv_stride: int = 4, dim_mul_in_att: bool = True,
                  residual_pooling: bool = True, rel_pos: bool = True, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.0, img_size: int = 224, in_chans: int = 3):
+                 drop_path_rate: float = 0.0, img_size: int = 224, in_chans: int = 3, window_size: int = 0,
+                 final_norm: bool = True):
         super().__init__()
         if img_size % TOTAL_STRIDE != 0:
             raise ValueError(f"img_size {img_size} is not a multiple of the total stride {TOTAL_STRIDE}")
@@ -61,7 +66,7 @@ class MViTv2(MultiScaleTrunk):
                          kv_stride=(kv_stride,) * 2, depths=depths, embed_dim=embed_dim, num_heads=num_heads,
                          pool_kernel=(pool_kernel,) * 2, pool_q_in_every_block=True, dim_mul_in_att=dim_mul_in_att,
                          residual_pooling=residual_pooling, rel_pos=rel_pos, mlp_ratio=mlp_ratio,
-                         drop_path_rate=drop_path_rate)
+                         drop_path_rate=drop_path_rate, window_size=window_size, final_norm=final_norm)
         self.apply(init_weights)
 
     def _stage_tokens(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple[int, int]]]:

@@ -56,12 +56,13 @@ class BoxHead(nn.Module):
 
 
 class BoxPredictor(nn.Module):
-    """Class scores (``num_classes`` + background, last) and class-specific box deltas."""
+    """Class scores (``num_classes`` + background, last) and class-specific box deltas, or one
+    class-agnostic set of deltas (``class_agnostic``, as Cascade R-CNN regresses)."""
 
-    def __init__(self, *, in_features: int, num_classes: int):
+    def __init__(self, *, in_features: int, num_classes: int, class_agnostic: bool = False):
         super().__init__()
         self.cls_score = nn.Linear(in_features, num_classes + 1)
-        self.bbox_pred = nn.Linear(in_features, 4 * num_classes)
+        self.bbox_pred = nn.Linear(in_features, 4 if class_agnostic else 4 * num_classes)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)

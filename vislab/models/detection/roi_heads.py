@@ -1,5 +1,10 @@
-"""The second stage of Faster/Mask R-CNN: per-proposal classification, class-specific box
-regression and masks (Fast R-CNN section 2; Mask R-CNN section 3)."""
+"""The second stage of Faster/Mask R-CNN: per-proposal classification, box regression and masks
+(Fast R-CNN section 2; Mask R-CNN section 3).
+
+``RegionHeads`` holds what every second stage shares: the RoIAlign poolers, proposal labelling
+and sampling, the box losses, per-class NMS and the mask head. ``ROIHeads`` is the standard one
+(one box head, class-specific regression); ``vislab.models.detection.cascade`` the Cascade R-CNN.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -15,34 +20,31 @@ from vislab.models.detection.matcher import Matcher, sample_labels
 from vislab.models.detection.pooler import MultiLevelRoIAlign
 
 
-class ROIHeads(nn.Module):
-    """Training: proposals (plus the ground-truth boxes) are matched at IoU 0.5, 512 per image
-    sampled with at most a quarter foreground; cross-entropy over classes, L1 on the true class's
-    deltas (normalised by the sampled count) and per-pixel binary cross-entropy of the true
-    class's 28x28 mask (Mask R-CNN eq. "L_mask") on foreground proposals.
+class RegionHeads(nn.Module):
+    """Training: proposals (plus the ground-truth boxes) are matched at ``iou_threshold``,
+    ``batch_size_per_image`` sampled per image with at most ``positive_fraction`` foreground;
+    cross-entropy over classes, L1 on the foreground deltas (normalised by the sampled count)
+    and per-pixel binary cross-entropy of the true class's 28x28 mask (Mask R-CNN eq.
+    "L_mask") on foreground proposals.
 
-    Inference: softmax scores and per-class boxes, scores above ``score_threshold``, NMS per class
-    at ``nms_threshold``, the best ``detections_per_image``; masks are predicted on those boxes and
-    returned as 28x28 probabilities (pasted into the image by ``paste_masks``).
+    Inference: scores above ``score_threshold``, NMS per class at ``nms_threshold``, the best
+    ``detections_per_image``; masks are predicted on those boxes and returned as 28x28
+    probabilities (pasted into the image by ``paste_masks``).
     """
 
-    def __init__(self, *, num_classes: int, strides: Sequence[int], box_head: BoxHead,
-                 mask_head: MaskHead | None = None, box_resolution: int = 7, mask_resolution: int = 14,
-                 sampling_ratio: int = 0, aligned: bool = True, batch_size_per_image: int = 512,
-                 positive_fraction: float = 0.25, iou_threshold: float = 0.5,
-                 box_coder_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0), score_threshold: float = 0.05,
-                 nms_threshold: float = 0.5, detections_per_image: int = 100, min_box_size: float = 1e-2):
+    def __init__(self, *, num_classes: int, strides: Sequence[int], mask_head: MaskHead | None = None,
+                 box_resolution: int = 7, mask_resolution: int = 14, sampling_ratio: int = 0, aligned: bool = True,
+                 batch_size_per_image: int = 512, positive_fraction: float = 0.25, iou_threshold: float = 0.5,
+                 score_threshold: float = 0.05, nms_threshold: float = 0.5, detections_per_image: int = 100,
+                 min_box_size: float = 1e-2):
         super().__init__()
         self.num_classes = num_classes
         self.box_pooler = MultiLevelRoIAlign(strides=strides, resolution=box_resolution,
                                              sampling_ratio=sampling_ratio, aligned=aligned)
-        self.box_head = box_head
-        self.box_predictor = BoxPredictor(in_features=box_head.out_features, num_classes=num_classes)
         self.mask_head = mask_head
         self.mask_pooler = (MultiLevelRoIAlign(strides=strides, resolution=mask_resolution,
                                                sampling_ratio=sampling_ratio, aligned=aligned)
                             if mask_head is not None else None)
-        self.box_coder = BoxCoder(weights=box_coder_weights)
         self.matcher = Matcher(thresholds=(iou_threshold, iou_threshold), allow_low_quality=False)
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
@@ -51,53 +53,42 @@ class ROIHeads(nn.Module):
         self.detections_per_image = detections_per_image
         self.min_box_size = min_box_size
 
-    def forward(self, features: Sequence[torch.Tensor], proposals: Sequence[torch.Tensor],
-                image_sizes: Sequence[tuple[int, int]], targets: Sequence[dict] | None = None):
-        """Training: a dict of losses. Inference: per image a dict of ``boxes``, ``scores``,
-        ``labels`` (0..C-1) and, with a mask head, ``mask_probs`` [N, 28, 28]."""
-        if self.training:
-            return self._losses(features, proposals, targets)
-        logits, deltas = self.box_predictor(self.box_head(self.box_pooler(features, proposals)))
-        detections = self._detections(logits, deltas, proposals, image_sizes)
-        if self.mask_head is not None:
-            boxes = [d["boxes"] for d in detections]
-            labels = torch.cat([d["labels"] for d in detections])
-            probs = self._mask_logits(features, boxes, labels).sigmoid()
-            for detection, image_probs in zip(detections, probs.split([len(b) for b in boxes])):
-                detection["mask_probs"] = image_probs
-        return detections
+    def _label(self, boxes: torch.Tensor, target: dict, *, matcher: Matcher, box_coder: BoxCoder) -> dict:
+        """Each box's class (``num_classes`` = background), matched ground-truth index and
+        regression target, by ``matcher``'s IoU threshold."""
+        gt_boxes, gt_labels = target["boxes"], target["labels"]
+        matches, match_labels = matcher(box_iou(gt_boxes, boxes))
+        classes = gt_labels[matches] if len(gt_labels) else matches.new_zeros(len(boxes))
+        classes = torch.where(match_labels > 0, classes, self.num_classes)
+        matched_gt = gt_boxes[matches] if len(gt_boxes) else boxes
+        return {"boxes": boxes, "classes": classes, "matches": matches, "match_labels": match_labels,
+                "deltas": box_coder.encode(matched_gt, boxes)}
 
     @torch.no_grad()
-    def _sample(self, proposals: Sequence[torch.Tensor], targets: Sequence[dict]):
-        """Per image: the sampled proposals, their class (``num_classes`` = background), the
-        index of their matched ground-truth box, and their regression targets."""
+    def _sample(self, proposals: Sequence[torch.Tensor], targets: Sequence[dict], *,
+                box_coder: BoxCoder) -> list[dict]:
+        """Per image: the sampled proposals (foreground first), their class, the index of their
+        matched ground-truth box, their regression targets and the foreground count."""
         samples = []
         for image_proposals, target in zip(proposals, targets):
-            gt_boxes, gt_labels = target["boxes"], target["labels"]
-            boxes = torch.cat((image_proposals, gt_boxes))
-            matches, match_labels = self.matcher(box_iou(gt_boxes, boxes))
-            classes = gt_labels[matches] if len(gt_labels) else matches.new_zeros(len(boxes))
-            classes = torch.where(match_labels > 0, classes, self.num_classes)
-            pos, neg = sample_labels(match_labels.long(), num_samples=self.batch_size_per_image,
+            labelled = self._label(torch.cat((image_proposals, target["boxes"])), target,
+                                   matcher=self.matcher, box_coder=box_coder)
+            pos, neg = sample_labels(labelled.pop("match_labels").long(), num_samples=self.batch_size_per_image,
                                      positive_fraction=self.positive_fraction)
             keep = torch.cat((pos, neg))
-            matched_gt = gt_boxes[matches[keep]] if len(gt_boxes) else boxes[keep]
-            samples.append({"boxes": boxes[keep], "classes": classes[keep], "matches": matches[keep],
-                            "deltas": self.box_coder.encode(matched_gt, boxes[keep]), "num_fg": pos.numel()})
+            samples.append({**{k: v[keep] for k, v in labelled.items()}, "num_fg": pos.numel()})
         return samples
 
-    def _losses(self, features, proposals, targets) -> dict[str, torch.Tensor]:
-        samples = self._sample(proposals, targets)
-        logits, deltas = self.box_predictor(self.box_head(self.box_pooler(features, [s["boxes"] for s in samples])))
+    def _box_losses(self, logits: torch.Tensor, deltas: torch.Tensor, samples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """Cross-entropy over classes and L1 on the foreground's deltas (its class's, or the one
+        class-agnostic box), summed and divided by the number of labelled boxes (detectron2)."""
         classes = torch.cat([s["classes"] for s in samples])
         fg = torch.nonzero(classes < self.num_classes).squeeze(1)
-        fg_deltas = deltas.view(len(deltas), self.num_classes, 4)[fg, classes[fg]]
+        per_class = deltas.view(len(deltas), -1, 4)
+        fg_deltas = per_class[fg, classes[fg] if per_class.shape[1] > 1 else 0]
         target_deltas = torch.cat([s["deltas"] for s in samples])[fg]
-        losses = {"loss_cls": F.cross_entropy(logits.float(), classes),
-                  "loss_box_reg": F.l1_loss(fg_deltas.float(), target_deltas, reduction="sum") / max(classes.numel(), 1)}
-        if self.mask_head is not None:
-            losses["loss_mask"] = self._mask_loss(features, samples, targets)
-        return losses
+        return {"loss_cls": F.cross_entropy(logits.float(), classes),
+                "loss_box_reg": F.l1_loss(fg_deltas.float(), target_deltas, reduction="sum") / max(classes.numel(), 1)}
 
     def _mask_loss(self, features, samples, targets) -> torch.Tensor:
         fg_boxes = [s["boxes"][: s["num_fg"]] for s in samples]
@@ -123,20 +114,61 @@ class ROIHeads(nn.Module):
         hidden = self.mask_head.convs(self.mask_pooler(features, boxes))
         return self.mask_head.upsample_and_predict(hidden, classes)
 
-    def _detections(self, logits: torch.Tensor, deltas: torch.Tensor, proposals: Sequence[torch.Tensor],
+    def _add_masks(self, features: Sequence[torch.Tensor], detections: list[dict]) -> list[dict]:
+        if self.mask_head is None:
+            return detections
+        boxes = [d["boxes"] for d in detections]
+        labels = torch.cat([d["labels"] for d in detections])
+        probs = self._mask_logits(features, boxes, labels).sigmoid()
+        for detection, image_probs in zip(detections, probs.split([len(b) for b in boxes])):
+            detection["mask_probs"] = image_probs
+        return detections
+
+    def _detections(self, probs: torch.Tensor, boxes: torch.Tensor, counts: Sequence[int],
                     image_sizes: Sequence[tuple[int, int]]) -> list[dict]:
+        """Per image the detections from class probabilities ``probs`` ``[N, C + 1]``
+        (background last) and boxes ``[N, C, 4]`` per class or ``[N, 1, 4]`` class-agnostic."""
         num_classes = self.num_classes
-        scores = F.softmax(logits.float(), dim=-1)[:, :num_classes]
-        boxes = self.box_coder.decode(deltas, torch.cat(proposals)).view(-1, num_classes, 4)
+        scores = probs[:, :num_classes]
+        boxes = boxes.expand(-1, num_classes, -1)
         detections = []
-        counts = [len(p) for p in proposals]
         for image_scores, image_boxes, size in zip(scores.split(counts), boxes.split(counts), image_sizes):
             image_boxes = clip_boxes_to_image(image_boxes, tuple(size)).reshape(-1, 4)
             labels = torch.arange(num_classes, device=scores.device).repeat(len(image_scores))
             image_scores = image_scores.reshape(-1)
-            keep = torch.nonzero(image_scores > self.score_threshold).squeeze(1)
-            keep = keep[remove_small_boxes(image_boxes[keep], self.min_box_size)]
+            keep = torch.nonzero((image_scores > self.score_threshold) & torch.isfinite(image_boxes).all(dim=1)).squeeze(1)
+            if self.min_box_size > 0:
+                keep = keep[remove_small_boxes(image_boxes[keep], self.min_box_size)]
             keep = keep[batched_nms(image_boxes[keep], image_scores[keep], labels[keep], self.nms_threshold)]
             keep = keep[: self.detections_per_image]
             detections.append({"boxes": image_boxes[keep], "scores": image_scores[keep], "labels": labels[keep]})
         return detections
+
+
+class ROIHeads(RegionHeads):
+    """The standard second stage: one box head and a class-specific box predictor with
+    ``box_coder_weights`` (10, 10, 5, 5); softmax scores. See ``RegionHeads`` for the rest."""
+
+    def __init__(self, *, box_head: BoxHead, box_coder_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+                 **common):
+        super().__init__(**common)
+        self.box_head = box_head
+        self.box_predictor = BoxPredictor(in_features=box_head.out_features, num_classes=self.num_classes)
+        self.box_coder = BoxCoder(weights=box_coder_weights)
+
+    def forward(self, features: Sequence[torch.Tensor], proposals: Sequence[torch.Tensor],
+                image_sizes: Sequence[tuple[int, int]], targets: Sequence[dict] | None = None):
+        """Training: a dict of losses. Inference: per image a dict of ``boxes``, ``scores``,
+        ``labels`` (0..C-1) and, with a mask head, ``mask_probs`` [N, 28, 28]."""
+        if self.training:
+            samples = self._sample(proposals, targets, box_coder=self.box_coder)
+            pooled = self.box_pooler(features, [s["boxes"] for s in samples])
+            losses = self._box_losses(*self.box_predictor(self.box_head(pooled)), samples)
+            if self.mask_head is not None:
+                losses["loss_mask"] = self._mask_loss(features, samples, targets)
+            return losses
+        logits, deltas = self.box_predictor(self.box_head(self.box_pooler(features, proposals)))
+        boxes = self.box_coder.decode(deltas, torch.cat(proposals)).view(len(deltas), self.num_classes, 4)
+        detections = self._detections(F.softmax(logits.float(), dim=-1), boxes, [len(p) for p in proposals],
+                                      image_sizes)
+        return self._add_masks(features, detections)

@@ -15,14 +15,22 @@ from vislab.models.detection.matcher import Matcher, sample_labels
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU, then per anchor an objectness logit and four box deltas."""
+    """``num_convs`` 3x3 conv + ReLU layers (one in Faster R-CNN; two in ViTDet and MViTv2's
+    detectors, after the TPU detection models), then per anchor an objectness logit and four
+    box deltas. One conv is ``conv``; several are ``conv`` as a Sequential of conv, ReLU, conv."""
 
-    def __init__(self, *, channels: int, num_anchors: int):
+    def __init__(self, *, channels: int, num_anchors: int, num_convs: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        if num_convs < 1:
+            raise ValueError(f"the RPN head needs at least one conv, got num_convs={num_convs}")
+        convs = [nn.Conv2d(channels, channels, 3, padding=1) for _ in range(num_convs)]
+        layers: list[nn.Module] = []
+        for conv in convs:
+            layers += [conv, nn.ReLU(inplace=True)]
+        self.conv = convs[0] if num_convs == 1 else nn.Sequential(*layers[:-1])  # the last ReLU is in forward
         self.objectness = nn.Conv2d(channels, num_anchors, 1)
         self.deltas = nn.Conv2d(channels, 4 * num_anchors, 1)
-        for layer in (self.conv, self.objectness, self.deltas):
+        for layer in (*convs, self.objectness, self.deltas):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
 
@@ -49,7 +57,7 @@ class RPN(nn.Module):
     """
 
     def __init__(self, *, channels: int, strides: Sequence[int], anchor_sizes: Sequence[float],
-                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), round_anchors: bool = False,
+                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), round_anchors: bool = False, num_convs: int = 1,
                  pre_nms_topk: tuple[int, int] = (2000, 1000), post_nms_topk: tuple[int, int] = (1000, 1000),
                  nms_threshold: float = 0.7, min_box_size: float = 1e-3,
                  iou_thresholds: tuple[float, float] = (0.3, 0.7), batch_size_per_image: int = 256,
@@ -57,7 +65,7 @@ class RPN(nn.Module):
         super().__init__()
         self.anchor_generator = AnchorGenerator(sizes=anchor_sizes, strides=strides,
                                                 aspect_ratios=aspect_ratios, round_corners=round_anchors)
-        self.head = RPNHead(channels=channels, num_anchors=len(aspect_ratios))
+        self.head = RPNHead(channels=channels, num_anchors=len(aspect_ratios), num_convs=num_convs)
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(thresholds=iou_thresholds, allow_low_quality=True)
         self.pre_nms_topk = pre_nms_topk  # (training, inference), per level

@@ -6,7 +6,9 @@ convolution then smooths each merged map. P6 is a stride-2 subsampling of P5 (a 
 used for the RPN's 512-pixel anchors in the Mask R-CNN implementations). With a norm (GN, SyncBN)
 every conv drops its bias and is followed by the norm, as in the GN paper's detection models.
 ``output_convs`` > 1 stacks more 3x3 convolutions (with ReLU between) on each output, a heavier
-neck for detection on a frozen backbone.
+neck for detection on a frozen backbone. ``in_norm`` normalises each backbone map before its
+lateral convolution: the per-level LayerNorm that MViTv2's and ConvNeXt's detectors put on their
+trunk outputs (detectron2's ``scale{k}_norm``, ConvNeXt's ``norm{i}``).
 """
 from __future__ import annotations
 
@@ -44,12 +46,15 @@ class FPN(nn.Module):
     ``in_features`` (finest first), e.g. ResNet's ``res2``..``res5``."""
 
     def __init__(self, *, input_shapes: dict[str, ShapeSpec], in_features: Sequence[str],
-                 out_channels: int = 256, norm: str = "none", top_block: bool = True, output_convs: int = 1):
+                 out_channels: int = 256, norm: str = "none", top_block: bool = True, output_convs: int = 1,
+                 in_norm: str = "none"):
         super().__init__()
         missing = [name for name in in_features if name not in input_shapes]
         if missing:
             raise ValueError(f"FPN in_features {missing} are not backbone outputs; it has {sorted(input_shapes)}")
         self.in_features = tuple(in_features)
+        self.input_norms = (nn.ModuleList(get_norm(in_norm, input_shapes[n].channels) for n in in_features)
+                            if in_norm != "none" else None)
         self.lateral = nn.ModuleList(
             _conv_norm(input_shapes[n].channels, out_channels, 1, norm=norm) for n in in_features)
         self.output = nn.ModuleList(_output_block(out_channels, norm=norm, num_convs=output_convs)
@@ -65,6 +70,8 @@ class FPN(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         inputs = [features[name] for name in self.in_features]
+        if self.input_norms is not None:
+            inputs = [norm(x) for norm, x in zip(self.input_norms, inputs)]
         merged = self.lateral[-1](inputs[-1])
         outputs = [self.output[-1](merged)]
         for level in range(len(inputs) - 2, -1, -1):

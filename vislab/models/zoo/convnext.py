@@ -16,7 +16,7 @@ def convnext_classifier(*, num_classes: int, depths: Sequence[int] = (3, 3, 9, 3
                         dims: Sequence[int] = (96, 192, 384, 768), kernel_size: int = 7,
                         mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
                         layer_scale_init: float | None = 1e-6, head_init_scale: float = 1.0,
-                        in_chans: int = 3, dropout: float = 0.0,
+                        in_chans: int = 3, final_norm: bool = True, dropout: float = 0.0,
                         zero_init_head: bool = False) -> ImageClassifier:
     """A ConvNeXt trunk (see ``ConvNeXt``) with a linear classifier on its pooled, normed features.
 
@@ -26,7 +26,7 @@ def convnext_classifier(*, num_classes: int, depths: Sequence[int] = (3, 3, 9, 3
     """
     backbone = ConvNeXt(depths=depths, dims=dims, kernel_size=kernel_size, mlp_ratio=mlp_ratio,
                         drop_path_rate=drop_path_rate, layer_scale_init=layer_scale_init,
-                        in_chans=in_chans)
+                        in_chans=in_chans, final_norm=final_norm)
     return ImageClassifier(backbone, num_classes=num_classes, dropout=dropout,
                            head_init=partial(_init_head, scale=head_init_scale), zero_init_head=zero_init_head)
 

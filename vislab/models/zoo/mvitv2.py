@@ -14,14 +14,16 @@ def mvitv2_classifier(*, num_classes: int, depths: Sequence[int], embed_dim: int
                       num_heads: int = 1, pool_kernel: int = 3, kv_stride: int = 4,
                       dim_mul_in_att: bool = True, residual_pooling: bool = True,
                       rel_pos: bool = True, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
-                      img_size: int = 224, in_chans: int = 3, dropout: float = 0.0,
+                      img_size: int = 224, in_chans: int = 3, window_size: int = 0, final_norm: bool = True,
+                      dropout: float = 0.0,
                       zero_init_head: bool = False) -> ImageClassifier:
     """An MViTv2 trunk (see ``MViTv2``) with a linear classifier on its normed, pooled tokens;
     the classifier starts like every other linear layer (truncated normal, std 0.02)."""
     backbone = MViTv2(depths=depths, embed_dim=embed_dim, num_heads=num_heads,
                       pool_kernel=pool_kernel, kv_stride=kv_stride, dim_mul_in_att=dim_mul_in_att,
                       residual_pooling=residual_pooling, rel_pos=rel_pos, mlp_ratio=mlp_ratio,
-                      drop_path_rate=drop_path_rate, img_size=img_size, in_chans=in_chans)
+                      drop_path_rate=drop_path_rate, img_size=img_size, in_chans=in_chans,
+                      window_size=window_size, final_norm=final_norm)
     return ImageClassifier(backbone, num_classes=num_classes, dropout=dropout, head_init=init_weights,
                            zero_init_head=zero_init_head)
 

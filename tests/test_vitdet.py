@@ -4,6 +4,7 @@ pre-trained ViT weights into the trunk; equivalence with Hugging Face ``transfor
 ``VitDetBackbone`` (a line-for-line port of detectron2's ViT)."""
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -52,6 +53,33 @@ def test_rel_pos_tables_resize_linearly_and_index_offsets():
     torch.testing.assert_close(resized[:, 0], F.interpolate(table.T[None], size=9, mode="linear")[0, 0])
     rel = relative_positions(table, 3, 3)  # query i, key j -> table[i - j + 2]
     torch.testing.assert_close(rel[..., 0], torch.tensor([[2.0, 1, 0], [3, 2, 1], [4, 3, 2]]))
+
+
+@pytest.mark.parametrize("prefix, q_thw, k_thw", [(0, (4, 6), (4, 6)), (1, (4, 6), (2, 3)), (0, (2, 3, 4), (1, 3, 2))])
+def test_rel_pos_attention_in_training_equals_the_masked_form(prefix, q_thw, k_thw):
+    """The extended queries and keys used when gradients flow give the same output and the same
+    gradients as the additive mask (with prefix tokens, pooled keys and a temporal axis)."""
+    from vislab.layers.rel_pos import decomposed_rel_pos_bias, rel_pos_attention
+
+    generator = torch.Generator().manual_seed(0)
+    heads, channels = 2, 8
+    q = torch.randn(3, heads, prefix + math.prod(q_thw), channels, generator=generator).requires_grad_()
+    k, v = (torch.randn(3, heads, prefix + math.prod(k_thw), channels, generator=generator).requires_grad_()
+            for _ in range(2))
+    tables = [torch.randn(2 * max(a, b) - 1, channels, generator=generator).requires_grad_()
+              for a, b in zip(q_thw, k_thw)]
+    extended = rel_pos_attention(q, k, v, q_thw=q_thw, k_thw=k_thw, tables=tables, num_prefix_tokens=prefix)
+    bias = F.pad(decomposed_rel_pos_bias(q[:, :, prefix:], q_thw, k_thw, tables), (prefix, 0, prefix, 0))
+    masked = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(extended, masked, atol=1e-5, rtol=1e-5)
+    weights = torch.randn(masked.shape, generator=generator)
+    inputs = [q, k, v, *tables]
+    for expected, got in zip(torch.autograd.grad((masked * weights).sum(), inputs),
+                             torch.autograd.grad((extended * weights).sum(), inputs)):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # inference takes the mask itself
+        torch.testing.assert_close(rel_pos_attention(q, k, v, q_thw=q_thw, k_thw=k_thw, tables=tables,
+                                                     num_prefix_tokens=prefix), masked, atol=1e-5, rtol=1e-5)
 
 
 def test_trunk_blocks_follow_window_and_global_options():

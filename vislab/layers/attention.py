@@ -6,8 +6,9 @@ counter sees), and ``proj`` mixes the heads' outputs. The parameter layout (``qk
 is the one of timm, DeiT and MAE, so their weights load by renaming the module prefix only.
 
 With ``rel_pos_grid`` the attention adds ViTDet's decomposed relative positions (Li et al., 2022,
-section 4.1, after MViTv2), passed to ``scaled_dot_product_attention`` as its additive mask; the
-tables ``rel_pos_h`` / ``rel_pos_w`` start at zero and are detectron2's layout.
+section 4.1, after MViTv2) through ``rel_pos_attention``: the additive mask of
+``scaled_dot_product_attention`` at inference, extended queries and keys in training; the tables
+``rel_pos_h`` / ``rel_pos_w`` start at zero and are detectron2's layout.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from vislab.layers.rel_pos import decomposed_rel_pos_bias
+from vislab.layers.rel_pos import rel_pos_attention
+from vislab.layers.sdpa import attend
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -49,10 +50,11 @@ class MultiHeadSelfAttention(nn.Module):
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (N, heads, L, head_dim)
-        bias = None
         if self.rel_pos:
             if grid is None or grid[0] * grid[1] != length:
                 raise ValueError(f"relative positions need the token grid of the {length} tokens, got {grid}")
-            bias = decomposed_rel_pos_bias(query, grid, grid, (self.rel_pos_h, self.rel_pos_w))
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+            attended = rel_pos_attention(query, key, value, q_thw=grid, k_thw=grid,
+                                         tables=(self.rel_pos_h, self.rel_pos_w))
+        else:
+            attended = attend(query, key, value)
         return self.proj(attended.transpose(1, 2).reshape(batch, length, dim))

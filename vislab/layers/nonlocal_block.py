@@ -11,8 +11,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from vislab.layers.sdpa import attend
 from vislab.layers.norm import get_norm
 
 INSTANTIATIONS = ("softmax", "dot_product")
@@ -64,7 +64,7 @@ class NonLocalBlock(nn.Module):
         keys = self.phi(pooled).flatten(2).transpose(1, 2)  # (N, T'H'W', C')
         values = self.g(pooled).flatten(2).transpose(1, 2)
         if self.instantiation == "softmax":
-            out = F.scaled_dot_product_attention(queries, keys, values)
+            out = attend(queries, keys, values)
         else:
             out = (queries @ keys.transpose(1, 2)) / keys.shape[1] @ values
         out = out.transpose(1, 2).reshape(batch, -1, t, h, w)

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vislab.layers.rel_pos import decomposed_rel_pos_bias
+from vislab.layers.rel_pos import rel_pos_attention
+from vislab.layers.sdpa import attend
 from vislab.layers.windows import window_partition, window_unpartition
 
 Grid = tuple[int, ...]
@@ -154,12 +155,10 @@ class PoolingAttention(nn.Module):
         return self.proj(out), q_thw
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_thw: Grid, k_thw: Grid) -> torch.Tensor:
-        prefix = self.num_prefix_tokens
-        bias = None
-        if self.rel_pos_axes:  # prefix tokens take no bias: zero rows and columns before the grid's
-            bias = decomposed_rel_pos_bias(q[:, :, prefix:], q_thw, k_thw, self.rel_pos_tables)
-            bias = F.pad(bias, (prefix, 0, prefix, 0)) if prefix else bias
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if not self.rel_pos_axes:
+            return attend(q, k, v)
+        return rel_pos_attention(q, k, v, q_thw=q_thw, k_thw=k_thw, tables=self.rel_pos_tables,
+                                 num_prefix_tokens=self.num_prefix_tokens)
 
     def _attend_in_windows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_thw: Grid,
                            k_thw: Grid) -> torch.Tensor:

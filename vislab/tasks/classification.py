@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, Subset
 
 from vislab.config import model_kwargs
+from vislab.data.datasets.coco_images import CocoImages
 from vislab.data.datasets.digits import DigitsDataset
 from vislab.data.datasets.image_folder import DataError, ImageFolderDataset
 from vislab.data.transforms.classification import train_transform, val_transform
@@ -19,14 +20,20 @@ from vislab.engine.distributed import DistInfo, all_reduce_sum
 from vislab.evaluation.classification import TopKAccumulator
 from vislab.models import create_model
 from vislab.tasks.bit_hyperrule import hyperrule, rule_items
+from vislab.tasks.detection import detection_paths
 from vislab.tasks.initial_weights import load_initial_weights
 from vislab.tasks.loaders import train_loader, val_loader
 
 
 def build_dataset(cfg: DictConfig, split: str) -> Dataset:
+    """The ``split`` images of ``data.name``: digits, an image folder, or the images of a
+    COCO-format detection set (``coco``, or the generated ``shapes``) for pre-training on them."""
     data = cfg.data
     if data.name == "digits":
         return DigitsDataset(split)
+    if data.name in ("coco", "shapes"):
+        paths = detection_paths(cfg)
+        return CocoImages(images_dir=paths[f"{split}_images"], annotations=paths[f"{split}_annotations"])
     folder = data.train_split if split == "train" else data.val_split
     return ImageFolderDataset(Path(data.root) / folder, skip_bad=data.skip_bad)
 

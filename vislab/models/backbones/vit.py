@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vislab.layers import DropPath, LayerNorm2d, Mlp, drop_path_rates
@@ -264,8 +265,9 @@ class VisionTransformer(nn.Module):
         v3's encoder, in vislab's layout) to this trunk, as detectron2's checkpoint heuristics
         do for ViTDet: the class token is dropped where this trunk has none (the final norm is
         left out by ``load_backbone_weights``), the position table is resized bicubically to this
-        trunk's grid (its class slot kept or dropped), and relative-position and residual-block
-        weights the source lacks keep their initialisation."""
+        trunk's grid (its class slot kept or dropped), a patch embedding of another patch size is
+        resampled to this one, and relative-position and residual-block weights the source lacks
+        keep their initialisation."""
         own = self.state_dict()
         adapted = {k: v for k, v in state_dict.items() if k != "cls_token" or self.cls_token is not None}
         table = adapted.get("pos_embed")
@@ -276,6 +278,12 @@ class VisionTransformer(nn.Module):
                                                    new_grid=self.grid_size, num_prefix_tokens=source_prefix,
                                                    antialias=self.pos_resize_antialias)
             adapted["pos_embed"] = table[:, source_prefix - self.num_table_prefix:] if source_prefix else table
+        kernel = adapted.get("patch_embed.weight")
+        if kernel is not None and kernel.shape[-2:] != own["patch_embed.weight"].shape[-2:]:
+            # a ViT-H/14 for a patch-16 trunk (detectron2's "p14to16" MAE weights): the kernel
+            # resampled bicubically
+            adapted["patch_embed.weight"] = F.interpolate(kernel.float(), size=tuple(own["patch_embed.weight"].shape[-2:]),
+                                                          mode="bicubic", align_corners=False).to(kernel.dtype)
         for key, value in own.items():
             if key not in adapted and (".rel_pos_" in key or ".residual." in key):
                 adapted[key] = value

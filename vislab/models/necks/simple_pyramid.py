@@ -2,7 +2,8 @@
 built from the last map of a plain ViT alone, with no top-down or lateral connections.
 
 Scale 4 is two 2x2 stride-2 transposed convolutions with a norm and GELU between them, scale 2
-one transposed convolution, scale 1 the map itself and scale 1/2 a 2x2 max-pool; each then goes
+one transposed convolution, scale 1 the map itself and scale 1/2 (1/4) a 2x2 (4x4) max-pool (1/4
+serves a patch-8 trunk, whose pyramid then starts at stride 4 with scale 2); each then goes
 through a 1x1 convolution to ``out_channels`` and a 3x3 convolution, each followed by the norm
 (channels-first LayerNorm in the paper; the convolutions then carry no bias). P6 is a stride-2
 subsampling of P5, as the FPN's (``LastLevelMaxPool``).
@@ -19,16 +20,17 @@ from torch.nn import functional as F
 from vislab.layers import get_norm
 from vislab.models.shape_spec import ShapeSpec
 
-SCALES = (4.0, 2.0, 1.0, 0.5)
+SCALES = (4.0, 2.0, 1.0, 0.5)  # ViTDet's, for a stride-16 map
+ALL_SCALES = SCALES + (0.25,)
 
 
 def resample_by_scale(channels: int, scale: float, *, norm: str, halve_width: bool = True) -> tuple[nn.Module, int]:
-    """The module that brings a stride-16 map to ``scale`` times its resolution, and its output
-    width: two 2x2 stride-2 transposed convolutions with ``norm`` and GELU between them (scale
-    4), one (scale 2), the identity (1) or a 2x2 max-pool (1/2). ``halve_width``: each transposed
+    """The module that brings a map to ``scale`` times its resolution, and its output width: two
+    2x2 stride-2 transposed convolutions with ``norm`` and GELU between them (scale 4), one
+    (scale 2), the identity (1) or a max-pool (1/2, 1/4). ``halve_width``: each transposed
     convolution halves the channels (ViTDet); else they keep the width (Li et al., 2021)."""
-    if scale not in SCALES:
-        raise ValueError(f"pyramid scale {scale} is not one of {SCALES}")
+    if scale not in ALL_SCALES:
+        raise ValueError(f"pyramid scale {scale} is not one of {ALL_SCALES}")
     if scale == 4.0:
         mid, out = (channels // 2, channels // 4) if halve_width else (channels, channels)
         return nn.Sequential(nn.ConvTranspose2d(channels, mid, 2, stride=2), get_norm(norm, mid),
@@ -38,7 +40,7 @@ def resample_by_scale(channels: int, scale: float, *, norm: str, halve_width: bo
         return nn.ConvTranspose2d(channels, out, 2, stride=2), out
     if scale == 1.0:
         return nn.Identity(), channels
-    return nn.MaxPool2d(2, stride=2), channels
+    return nn.MaxPool2d(round(1 / scale), stride=round(1 / scale)), channels
 
 
 def _conv_norm(w_in: int, w_out: int, kernel: int, *, norm: str) -> nn.Sequential:

@@ -3,7 +3,8 @@ fixed sine-cosine position embedding plus the masked-autoencoder decoder.
 
 The ViT-B/L/H entries are facebookresearch/mae's ``mae_vit_*_dec512d8b`` (decoder 512 wide, 8
 blocks, 16 heads) with the normalised-pixel target its pre-training recipes use;
-``mae_vit_tiny_p4`` is a 32x32, patch-4 model small enough to pre-train on the digits on a CPU.
+``mae_vit_tiny_p4`` is a 32x32, patch-4 model small enough to pre-train on the digits on a CPU;
+``mae_vit_tiny_p8`` pre-trains the trunk of the small ViTDet on the shapes images.
 The MAE paper publishes no parameter or FLOP counts of these models, so they carry no reference.
 """
 from __future__ import annotations
@@ -38,4 +39,8 @@ ENTRIES = (
     _entry(name="mae_vit_tiny_p4", input_size=(3, 32, 32),
            defaults=dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3,
                          decoder_dim=128, decoder_depth=2, decoder_heads=4)),
+    # the encoder of mask_rcnn_vitdet_tiny_p8, pre-trained on the shapes set's images
+    _entry(name="mae_vit_tiny_p8", input_size=(3, 160, 160),
+           defaults=dict(img_size=160, patch_size=8, embed_dim=192, depth=6, num_heads=3,
+                         decoder_dim=128, decoder_depth=2, decoder_heads=4, norm_pix_loss=True)),
 )

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from vislab.models.backbones.vit import VisionTransformer
 from vislab.models.detection.cascade import STAGE_IOUS
 from vislab.models.detection.rcnn import GeneralizedRCNN
-from vislab.models.necks.simple_pyramid import SimpleFeaturePyramid
+from vislab.models.necks.simple_pyramid import SCALES, SimpleFeaturePyramid
 from vislab.models.necks.vit_adaptor import ViTAdaptorFPN, quarter_blocks
 from vislab.models.registry_types import ModelEntry, Reference
 from vislab.models.zoo.rcnn import build_rcnn
@@ -29,7 +29,8 @@ def vitdet(*, num_classes: int = 80, patch_size: int = 16, embed_dim: int = 768,
            num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.1, img_size: int = 1024,
            pretrain_img_size: int = 224, window_size: int = 14, global_blocks: Sequence[int] | None = None,
            rel_pos: bool = True, residual_blocks: Sequence[int] = (), activation_checkpointing: bool = False,
-           neck: str = "simple_pyramid", neck_channels: int = 256, neck_norm: str = "LN", adaptor_norm: str = "GN",
+           neck: str = "simple_pyramid", neck_channels: int = 256, neck_norm: str = "LN",
+           pyramid_scales: Sequence[float] = SCALES, adaptor_norm: str = "GN",
            head_norm: str = "LN", box_head: str = "4conv1fc", head_conv_dim: int = 256, head_fc_dim: int = 1024,
            mask: bool = True, cascade: bool = False, cascade_ious: Sequence[float] = STAGE_IOUS,
            rpn_convs: int = 2, anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
@@ -39,7 +40,7 @@ def vitdet(*, num_classes: int = 80, patch_size: int = 16, embed_dim: int = 768,
     """A plain-ViT Mask R-CNN (or Cascade, ``cascade``) at a square ``img_size`` input.
 
     ``global_blocks`` default to blocks d/4, d/2, 3d/4 and d (ViT-B: 2, 5, 8, 11); with
-    ``neck="simple_pyramid"`` (ViTDet) the pyramid comes from the last map, with
+    ``neck="simple_pyramid"`` (ViTDet) the pyramid comes from the last map at ``pyramid_scales``, with
     ``neck="multiscale_fpn"`` (Li et al., 2021) from those four blocks through the adaptor and an
     FPN normalised with ``neck_norm``. Images are padded to ``img_size`` x ``img_size``.
     """
@@ -54,7 +55,8 @@ def vitdet(*, num_classes: int = 80, patch_size: int = 16, embed_dim: int = 768,
         residual_blocks=residual_blocks, final_norm=False, pretrain_img_size=pretrain_img_size,
         pretrain_class_token=True, pos_resize_antialias=False, activation_checkpointing=activation_checkpointing)
     if neck == "simple_pyramid":
-        pyramid = SimpleFeaturePyramid(input_shapes=trunk.output_shape(), out_channels=neck_channels, norm=neck_norm)
+        pyramid = SimpleFeaturePyramid(input_shapes=trunk.output_shape(), out_channels=neck_channels,
+                                       scales=pyramid_scales, norm=neck_norm)
     else:
         pyramid = ViTAdaptorFPN(input_shapes=trunk.output_shape(), in_features=[f"block{i}" for i in quarters],
                                 out_channels=neck_channels, adaptor_norm=adaptor_norm, fpn_norm=neck_norm)
@@ -71,7 +73,8 @@ def vitdet(*, num_classes: int = 80, patch_size: int = 16, embed_dim: int = 768,
 def _entry(name: str, *, params: int | None = None, box_ap: float | None = None, mask_ap: float | None = None,
            source: str = "detectron2 projects/ViTDet LazyConfig, counted by building it",
            **defaults: Any) -> ModelEntry:
-    reference = Reference(params=params, gmacs=None, source=source, box_ap=box_ap, mask_ap=mask_ap)
+    reference = (Reference(params=params, gmacs=None, source=source, box_ap=box_ap, mask_ap=mask_ap)
+                 if params is not None or box_ap is not None else None)
     image = defaults.get("img_size", 1024)
     return ModelEntry(name=name, task="detection", family="vitdet", builder=vitdet, defaults=defaults,
                       input_size=(3, image, image), num_classes=80, reference=reference)
@@ -92,5 +95,14 @@ ENTRIES = (
     _cascade("cascade_mask_rcnn_vitdet_l", params=360_949_854, box_ap=57.6, mask_ap=50.0, **_large),
     _cascade("cascade_mask_rcnn_vitdet_h", params=691_468_958, box_ap=58.7, mask_ap=51.0, **_huge),
     _benchmark("mask_rcnn_vit_b_benchmark", box_ap=50.3, mask_ap=44.9),
+    # for the shapes set on a CPU: a 6-block, 192-wide ViT on 8-pixel patches at 160x160 (the trunk
+    # of mae_vit_tiny_p8), windows of 5 tokens with global blocks 2 and 5, a pyramid at strides
+    # 4-32 from its stride-8 map, and the small heads of mask_rcnn_r18_fpn_gn_small (2fc box head:
+    # 4conv1fc took 40% of a CPU training step here)
+    _entry("mask_rcnn_vitdet_tiny_p8", source="", img_size=160, pretrain_img_size=160, patch_size=8,
+           embed_dim=192, depth=6, num_heads=3, window_size=5, global_blocks=(2, 5),
+           pyramid_scales=(2.0, 1.0, 0.5, 0.25), neck_channels=64, head_conv_dim=64, head_fc_dim=256, box_head="2fc",
+           anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_topk=(1000, 1000), rpn_post_nms_topk=(500, 500),
+           roi_batch_size=128, roi_sampling_ratio=1),
     _benchmark("mask_rcnn_vit_l_benchmark", box_ap=53.3, mask_ap=47.2, **{**_large, "drop_path_rate": 0.3}),
 )

@@ -1,13 +1,14 @@
-"""Detection benchmark: vislab's Mask R-CNN R50-FPN against torchvision's.
+"""Detection benchmark: vislab's Mask R-CNN R50-FPN and FCOS R50-FPN against torchvision's.
 
-Both models do the same computation on the same input. torchvision's ``maskrcnn_resnet50_fpn``
-is built the way it is for fine-tuning from pretrained weights: FrozenBatchNorm2d in the ResNet
-and its stem and layer1 frozen (``trainable_backbone_layers=3``, vislab's ``freeze_at=2``).
-vislab's ``mask_rcnn_r50_fpn`` is built with torchvision's numerics
-(``TORCHVISION_RCNN_OPTIONS``, 2000 proposals per image in training) and gets torchvision's
-weights through ``vislab.convert.torchvision_detection``, so both give the same detections.
-torchvision's parts are called directly (backbone, RPN, ROI heads), without its
-GeneralizedRCNNTransform (resizing, normalisation), which vislab leaves to the data pipeline.
+Each pair does the same computation on the same input. torchvision's ``maskrcnn_resnet50_fpn`` and
+``fcos_resnet50_fpn`` are built the way they are for fine-tuning from pretrained weights:
+FrozenBatchNorm2d in the ResNet and its stem and layer1 frozen (``trainable_backbone_layers=3``,
+vislab's ``freeze_at=2``). vislab's ``mask_rcnn_r50_fpn`` is built with torchvision's numerics
+(``TORCHVISION_RCNN_OPTIONS``, 2000 proposals per image in training); both vislab models get
+torchvision's weights through ``vislab.convert.torchvision_detection``, so both give the same
+detections. torchvision's parts are called directly (backbone, RPN, ROI heads; FCOS's head,
+anchors, loss and post-processing), without its GeneralizedRCNNTransform (resizing,
+normalisation), which vislab leaves to the data pipeline.
 
 The input is 2 random images of 384x512 with 3 random boxes each (masks fill the boxes). One
 training iteration is forward + the sum of the losses + backward + SGD step (momentum 0.9);
@@ -21,10 +22,10 @@ with ``train_step.py`` and lives in ``train_bench.py``.
 Run it with ``make benchmark``, or e.g.::
 
     python benchmarks/detection.py --device cuda --json runs/detection.json
-    python benchmarks/detection.py --device cpu --steps 2 --rounds 3 --warmup 1
+    python benchmarks/detection.py --device cpu --models fcos --steps 2 --rounds 3 --warmup 1
 
 The goal is vislab/torchvision >= 1.0x throughput and <= 1.0x peak memory, for training and for
-inference.
+inference, for each model.
 """
 from __future__ import annotations
 
@@ -39,13 +40,15 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models import resnet50
+from torchvision.models.detection import FCOS, MaskRCNN
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor, resnet_fpn_backbone
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 import vislab
-from vislab.convert.torchvision_detection import TORCHVISION_RCNN_OPTIONS, torchvision_rcnn
+from vislab.convert.torchvision_detection import TORCHVISION_RCNN_OPTIONS, torchvision_fcos, torchvision_rcnn
 from vislab.weights import load_state_dict
 
 # benchmarks/ is not a package: put this folder on sys.path so that its shared module imports
@@ -55,6 +58,7 @@ import train_bench  # noqa: E402
 
 LIBRARIES = ("vislab", "torchvision")
 MODES = ("train", "inference")
+MODELS = ("mask_rcnn", "fcos")
 NUM_IMAGES = 2
 IMAGE_SIZE = (384, 512)
 BOXES_PER_IMAGE = 3
@@ -133,7 +137,7 @@ def calibrate_frozen_statistics(trunk: nn.Module, *, images: torch.Tensor) -> No
         hook.remove()
 
 
-def build_torchvision_model(*, images: torch.Tensor) -> MaskRCNN:
+def build_torchvision_mask_rcnn(*, images: torch.Tensor) -> MaskRCNN:
     """``maskrcnn_resnet50_fpn`` as built for fine-tuning pretrained weights (FrozenBN, 3
     trainable stages; without weights torchvision would use BatchNorm2d and train all five),
     its norms calibrated on ``images`` and its class scores made confident."""
@@ -147,22 +151,52 @@ def build_torchvision_model(*, images: torch.Tensor) -> MaskRCNN:
     return model
 
 
-def build_models(*, images: torch.Tensor) -> dict[str, nn.Module]:
-    """Both models by library, with the same weights (torchvision's, converted for vislab)."""
-    theirs = build_torchvision_model(images=images)
-    ours = vislab.create_model("mask_rcnn_r50_fpn", num_classes=NUM_CLASSES, **TORCHVISION_RCNN_OPTIONS,
-                               rpn_post_nms_topk=(2000, 1000))
-    load_state_dict(ours, torchvision_rcnn(theirs.state_dict()), strict=True,
-                    source="torchvision's maskrcnn_resnet50_fpn")
+def build_torchvision_fcos(*, images: torch.Tensor) -> FCOS:
+    """``fcos_resnet50_fpn`` as built for fine-tuning pretrained weights (FrozenBN, 3 trainable
+    stages), its norms calibrated on ``images``, and class logits without the 0.01 prior, so that
+    inference keeps and suppresses candidates as a trained detector does."""
+    torch.manual_seed(SEED)
+    trunk = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(trunk, 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    model = FCOS(backbone, num_classes=NUM_CLASSES + 1)
+    calibrate_frozen_statistics(model.backbone.body, images=images)
+    with torch.no_grad():
+        model.head.classification_head.cls_logits.weight.normal_(0, CLASS_SCORE_STD)
+        model.head.classification_head.cls_logits.bias.zero_()
+    return model
+
+
+def build_models(model: str, *, images: torch.Tensor) -> dict[str, nn.Module]:
+    """Both ``model``s by library, with the same weights (torchvision's, converted for vislab)."""
+    if model == "mask_rcnn":
+        theirs = build_torchvision_mask_rcnn(images=images)
+        ours = vislab.create_model("mask_rcnn_r50_fpn", num_classes=NUM_CLASSES, **TORCHVISION_RCNN_OPTIONS,
+                                   rpn_post_nms_topk=(2000, 1000))
+        converted = torchvision_rcnn(theirs.state_dict())
+    else:
+        theirs = build_torchvision_fcos(images=images)
+        ours = vislab.create_model("fcos_r50_fpn", num_classes=NUM_CLASSES)
+        converted = torchvision_fcos(theirs.state_dict())
+    load_state_dict(ours, converted, strict=True, source=f"torchvision's {model}")
     return {"vislab": ours, "torchvision": theirs}
 
 
-def torchvision_forward(model: MaskRCNN, images: torch.Tensor, image_sizes: list[tuple[int, int]],
+def torchvision_forward(model: MaskRCNN | FCOS, images: torch.Tensor, image_sizes: list[tuple[int, int]],
                         targets: list[dict] | None = None):
-    """torchvision's Mask R-CNN without its GeneralizedRCNNTransform: the loss dict in
-    training, per image a dict of ``boxes``, ``labels`` (1..90), ``scores``, ``masks`` in eval."""
+    """torchvision's detector without its GeneralizedRCNNTransform: the loss dict in training,
+    per image a dict of ``boxes``, ``labels`` (1..90), ``scores`` (and ``masks``) in eval."""
+    image_list = ImageList(images, image_sizes)
+    if isinstance(model, FCOS):
+        features = list(model.backbone(images).values())
+        outputs = model.head(features)
+        anchors = model.anchor_generator(image_list, features)
+        counts = [f.shape[-2] * f.shape[-1] for f in features]
+        if model.training:
+            return model.compute_loss(targets, outputs, anchors, counts)
+        split = {name: list(value.split(counts, dim=1)) for name, value in outputs.items()}
+        return model.postprocess_detections(split, [list(a.split(counts)) for a in anchors], image_sizes)
     features = model.backbone(images)
-    proposals, rpn_losses = model.rpn(ImageList(images, image_sizes), features, targets)
+    proposals, rpn_losses = model.rpn(image_list, features, targets)
     detections, roi_losses = model.roi_heads(features, proposals, image_sizes, targets)
     return {**rpn_losses, **roi_losses} if model.training else detections
 
@@ -208,9 +242,9 @@ def inference_step(library: str, *, model: nn.Module, scene: Scene) -> Step:
 STEP_BUILDERS = {"train": training_step, "inference": inference_step}
 
 
-def build_contenders(mode: str, *, scene: Scene, device: torch.device) -> list[Contender]:
-    """Both models on ``device`` in ``mode`` (weights prepared on the CPU ``scene``)."""
-    models = {library: model.to(device) for library, model in build_models(images=scene.images).items()}
+def build_contenders(model: str, mode: str, *, scene: Scene, device: torch.device) -> list[Contender]:
+    """Both ``model``s on ``device`` in ``mode`` (weights prepared on the CPU ``scene``)."""
+    models = {library: net.to(device) for library, net in build_models(model, images=scene.images).items()}
     scene = scene.to(device)
     return [Contender(library=library, model=model,
                       step=STEP_BUILDERS[mode](library, model=model, scene=scene))
@@ -246,11 +280,11 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def report_rss_increase(*, library: str, mode: str, warmup: int) -> None:
-    """Child mode: run ``library``'s model on CPU and print its peak-RSS increase as JSON."""
+def report_rss_increase(*, model: str, library: str, mode: str, warmup: int) -> None:
+    """Child mode: run ``library``'s ``model`` on CPU and print its peak-RSS increase as JSON."""
     scene = make_scene()
-    model = build_models(images=scene.images)[library]
-    step = STEP_BUILDERS[mode](library, model=model, scene=scene)
+    net = build_models(model, images=scene.images)[library]
+    step = STEP_BUILDERS[mode](library, model=net, scene=scene)
     gc.collect()
     reset_peak_rss()
     before = train_bench.peak_rss_kib()
@@ -259,7 +293,7 @@ def report_rss_increase(*, library: str, mode: str, warmup: int) -> None:
                       "peak_rss_increase_kib": train_bench.peak_rss_kib() - before}))
 
 
-def peak_memory_mib(contenders: list[Contender], *, mode: str, warmup: int,
+def peak_memory_mib(contenders: list[Contender], *, model: str, mode: str, warmup: int,
                     device: torch.device) -> dict[str, float]:
     steps = warmup + train_bench.MEMORY_STEPS
     if device.type == "cuda":
@@ -268,15 +302,15 @@ def peak_memory_mib(contenders: list[Contender], *, mode: str, warmup: int,
                 for contender in contenders}
     return {contender.library: train_bench.child_peak_mib(
                 [sys.executable, str(Path(__file__).resolve()), "--device", "cpu", "--warmup", str(warmup),
-                 "--measure-memory-of", contender.library, "--memory-mode", mode])
+                 "--measure-memory-of", contender.library, "--memory-mode", mode, "--models", model])
             for contender in contenders}
 
 
-def measure_mode(mode: str, *, args: argparse.Namespace, device: torch.device) -> dict:
-    """Peak memory and interleaved throughput of both models in ``mode``, compared."""
+def measure_mode(model: str, mode: str, *, args: argparse.Namespace, device: torch.device) -> dict:
+    """Peak memory and interleaved throughput of both ``model``s in ``mode``, compared."""
     scene = make_scene()
-    contenders = build_contenders(mode, scene=scene, device=device)
-    memory = peak_memory_mib(contenders, mode=mode, warmup=args.warmup, device=device)
+    contenders = build_contenders(model, mode, scene=scene, device=device)
+    memory = peak_memory_mib(contenders, model=model, mode=mode, warmup=args.warmup, device=device)
     for contender in contenders:
         run_steps(contender.step, steps=args.warmup)
     throughput = train_bench.interleaved_rounds(
@@ -292,8 +326,8 @@ def measure_mode(mode: str, *, args: argparse.Namespace, device: torch.device) -
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Compare a training iteration (forward + backward + SGD momentum step) and "
-                    "inference of vislab's and torchvision's Mask R-CNN R50-FPN on 2 images of "
-                    "384x512: throughput and peak memory.",
+                    "inference of vislab's and torchvision's Mask R-CNN and FCOS R50-FPN on 2 images "
+                    "of 384x512: throughput and peak memory.",
         epilog="example:\n  python benchmarks/detection.py --device cuda --json runs/detection.json",
         formatter_class=train_bench.HelpFormatter,
     )
@@ -305,29 +339,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="interleaved rounds; the median over rounds is reported")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto picks cuda if available, else cpu")
+    parser.add_argument("--models", type=train_bench.names_from(MODELS), default=list(MODELS),
+                        help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument("--measure-memory-of", choices=LIBRARIES, help=argparse.SUPPRESS)
     parser.add_argument("--memory-mode", choices=MODES, default="train", help=argparse.SUPPRESS)
     return parser
 
 
-def print_report(summary: dict) -> None:
+def print_report(model: str, summary: dict) -> None:
     height, width = IMAGE_SIZE
-    print(f"Mask R-CNN R50-FPN on {summary['device']}: {NUM_IMAGES} images of {height}x{width}, "
+    print(f"{model} R50-FPN on {summary['device']}: {NUM_IMAGES} images of {height}x{width}, "
           f"{BOXES_PER_IMAGE} boxes each, {summary['rounds']} rounds x {summary['steps']} iterations")
     print(f"{'mode':<10} {'library':<12} {'median img/s':>12} {'peak MiB':>10}  img/s per round")
     for mode in MODES:
-        result = summary[mode]
+        result = summary[model][mode]
         for library in LIBRARIES:
             per_round = ", ".join(f"{value:.2f}" for value in result["images_per_second"][library])
             print(f"{mode:<10} {library:<12} {result['median_images_per_second'][library]:>12.2f} "
                   f"{result['peak_memory_mib'][library]:>10.1f}  {per_round}")
     for mode in MODES:
-        result = summary[mode]
+        result = summary[model][mode]
         print(f"{mode}: throughput ratio (vislab/torchvision) {result['throughput_ratio']:.2f}x "
               f"(goal >= 1.00x: {train_bench.met(result['throughput_goal_met'])}), peak memory ratio "
               f"{result['memory_ratio']:.2f}x (goal <= 1.00x: {train_bench.met(result['memory_goal_met'])})")
-    counts = summary["inference"]["detections_per_image"]
+    counts = summary[model]["inference"]["detections_per_image"]
     print("detections per image at inference: "
           + ", ".join(f"{library} {counts[library]}" for library in LIBRARIES))
 
@@ -341,15 +377,16 @@ def main() -> None:
     # computation. No effect on CUDA.
     torch.set_flush_denormal(True)
     if args.measure_memory_of:
-        report_rss_increase(library=args.measure_memory_of, mode=args.memory_mode, warmup=args.warmup)
+        report_rss_increase(model=args.models[0], library=args.measure_memory_of, mode=args.memory_mode,
+                            warmup=args.warmup)
         return
     device = train_bench.resolve_device(args.device, parser=parser)
-    summary = {"model": "mask_rcnn_r50_fpn", "device": str(device), "num_images": NUM_IMAGES,
-               "image_size": list(IMAGE_SIZE), "steps": args.steps, "warmup": args.warmup,
-               "rounds": args.rounds, "versions": train_bench.versions(("torchvision", "vislab"))}
-    for mode in MODES:
-        summary[mode] = measure_mode(mode, args=args, device=device)
-    print_report(summary)
+    summary = {"device": str(device), "num_images": NUM_IMAGES, "image_size": list(IMAGE_SIZE),
+               "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+               "versions": train_bench.versions(("torchvision", "vislab"))}
+    for model in args.models:
+        summary[model] = {mode: measure_mode(model, mode, args=args, device=device) for mode in MODES}
+        print_report(model, summary)
     if args.json:
         train_bench.write_json(summary, path=args.json)
 

@@ -46,7 +46,7 @@ def test_converted_detectron2_checkpoint_gives_detectron2_outputs(tmp_path, case
     height, width = image.shape[-2:]
     batch = F.pad(image, (0, (-width) % 32, 0, (-height) % 32))[None]  # vislab's collate pads to 32
     with torch.no_grad():
-        pyramid = model.fpn(model.backbone.forward_features(model._pad_square(batch)))
+        pyramid = model.pyramid(batch)
         proposals, _ = model.rpn(list(pyramid.values()), [(height, width)])
         detections = model(batch, [(height, width)])[0]
 

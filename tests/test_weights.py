@@ -289,3 +289,42 @@ def test_resnet18_weights_converted_as_resnet50_list_bad_keys(tmp_path):
 def test_unknown_conversion_source_raises():
     with pytest.raises(WeightsError, match="timm"):
         convert_state_dict(source="timm", model_name="resnet50", state_dict={})
+
+
+def test_output_format_follows_the_extension(tmp_path):
+    state = _randomized(Tiny(), 6).state_dict()
+    vislab.save_weights(state, tmp_path / "w.pth", metadata={"model": "x"})
+    plain = torch.load(tmp_path / "w.pth", weights_only=True)  # a plain tensor dict
+    assert set(plain) == set(state) and torch.equal(plain["fc.weight"], state["fc.weight"])
+    vislab.save_weights(state, tmp_path / "w.safetensors", metadata={"model": "x"})
+    assert read_weights(tmp_path / "w.safetensors")[1] == {"model": "x"}
+    with pytest.raises(WeightsError, match=r"\.safetensors.*\.pth"):
+        vislab.save_weights(state, tmp_path / "w.bin")
+
+
+@pytest.mark.parametrize("written, named", [("w.safetensors", "w.pth"), ("w.pth", "w.safetensors")])
+def test_reading_sniffs_the_content_and_says_what_the_file_is(tmp_path, written, named):
+    state = _randomized(Tiny(), 7).state_dict()
+    vislab.save_weights(state, tmp_path / written)
+    (tmp_path / written).rename(tmp_path / named)
+    what = "safetensors" if written.endswith("safetensors") else "PyTorch"
+    with pytest.warns(UserWarning, match=f"{named} is a {what}"):
+        loaded, _ = read_weights(tmp_path / named)
+    assert torch.equal(loaded["fc.weight"], state["fc.weight"])
+    (tmp_path / "junk.pth").write_text("not weights")
+    with pytest.raises(WeightsError, match="junk.pth is not a weights file"):
+        read_weights(tmp_path / "junk.pth")
+
+
+def test_convert_refuses_its_input_and_existing_files_unless_forced(tmp_path):
+    src = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), src)
+    with pytest.raises(WeightsError, match="onto itself"):
+        convert_file(source="torchvision", model_name="resnet18", src=src, dst=src, force=True)
+    dst = tmp_path / "out.safetensors"
+    dst.write_text("precious")
+    with pytest.raises(WeightsError, match="exists; pass --force"):
+        convert_file(source="torchvision", model_name="resnet18", src=src, dst=dst)
+    assert dst.read_text() == "precious"
+    convert_file(source="torchvision", model_name="resnet18", src=src, dst=dst, force=True)
+    assert read_weights(dst)[1]["model"] == "resnet18"

@@ -59,10 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per model")
     p.add_argument("--markdown", action="store_true", help="the docs/model-zoo.md page")
     p.add_argument("--task", help="only models of this task")
+    p.add_argument("--energy", action="store_true",
+                   help="add each model's estimated energy per input (mJ, 45 nm fp32 costs)")
 
     p = add("flops", "Count parameters and GMACs (multiply-adds) of a model.")
     p.add_argument("name")
     p.add_argument("--input", help="CxHxW (default: the model's reference input)")
+    p.add_argument("--energy", action="store_true",
+                   help="multiplications, additions and estimated energy per kind of layer")
+    p.add_argument("--mul-pj", type=float, help="energy of one multiplication in pJ (default 3.7, fp32 at 45 nm)")
+    p.add_argument("--add-pj", type=float, help="energy of one addition in pJ (default 0.9)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="model options, e.g. norm=GN")
 
     p = add("convert", "Convert weights from another codebase into vislab safetensors.")
@@ -70,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="vislab registry name")
     p.add_argument("src")
     p.add_argument("dst")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="model options of a non-default variant, e.g. global_pool=avg")
 
@@ -196,8 +203,9 @@ def _cmd_models(args) -> int:
         print(render_zoo_page(), end="")
         return 0
     names = list_models(task=args.task)
+    energy_column = f" {'mJ':>8}" if args.energy else ""
     if not args.json:
-        print(f"{'name':24} {'task':15} {'params':>12} {'GMACs':>8} {'ref GMACs':>9}  input")
+        print(f"{'name':36} {'task':15} {'params':>12} {'GMACs':>8} {'ref GMACs':>9}{energy_column}  input")
     for name in names:
         info = model_info(name)
         if args.json:
@@ -205,8 +213,9 @@ def _cmd_models(args) -> int:
         else:
             ref = info["reference"] or {}
             gmacs = "—" if info["gmacs"] is None else f"{info['gmacs']:.3f}"
-            print(f"{name:24} {info['task']:15} {info['params']:>12,} {gmacs:>8} "
-                  f"{ref.get('gmacs') or '':>9}  {'x'.join(map(str, info['input']))}")
+            energy = ("—" if info["energy_mj"] is None else f"{info['energy_mj']:.2f}") if args.energy else None
+            print(f"{name:36} {info['task']:15} {info['params']:>12,} {gmacs:>8} {ref.get('gmacs') or '':>9}"
+                  + (f" {energy:>8}" if args.energy else "") + f"  {'x'.join(map(str, info['input']))}")
     return 0
 
 
@@ -230,6 +239,22 @@ def _cmd_flops(args) -> int:
              + (f", {ref['gmacs']} GMACs" if ref.get("gmacs") else "")
              + f" at {'x'.join(map(str, get_entry(args.name).input_size))}, {get_entry(args.name).num_classes} classes)"
              if ref.get("params") else ""))
+    if args.energy:
+        from vislab.models.complexity import ADDITION_PJ, MULTIPLICATION_PJ, energy_mj
+
+        args.mul_pj = MULTIPLICATION_PJ if args.mul_pj is None else args.mul_pj
+        args.add_pj = ADDITION_PJ if args.add_pj is None else args.add_pj
+        operations = info["operations"]
+        if operations is None:
+            raise SystemExit(f"vislab flops: {args.name}'s operations depend on its detections; no energy count")
+        print(f"{'layers':18} {'GMACs':>9} {'G mult':>9} {'G add':>9} {'mJ':>9}")
+        for kind, count in sorted(operations.items()):
+            print(f"{kind:18} {count['macs']:>9.2f} {count['multiplications']:>9.2f} {count['additions']:>9.2f} "
+                  f"{energy_mj({kind: count}, multiplication_pj=args.mul_pj, addition_pj=args.add_pj):>9.2f}")
+        total = energy_mj(operations, multiplication_pj=args.mul_pj, addition_pj=args.add_pj)
+        print(f"{'total':18} {info['gmacs']:>9.2f} {sum(c['multiplications'] for c in operations.values()):>9.2f} "
+              f"{sum(c['additions'] for c in operations.values()):>9.2f} {total:>9.2f}  "
+              f"({args.mul_pj} pJ per multiplication, {args.add_pj} pJ per addition)")
     return 0
 
 
@@ -239,7 +264,7 @@ def _cmd_convert(args) -> int:
     from vislab.config import parse_overrides
 
     report = convert_file(source=args.source, model_name=args.model, src=args.src, dst=args.dst,
-                          options=parse_overrides(args.overrides))
+                          options=parse_overrides(args.overrides), force=args.force)
     print(f"wrote {args.dst}: {report}")
     return 0
 

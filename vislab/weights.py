@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,21 +50,58 @@ class LoadReport:
         return "; ".join(parts) if parts else "all keys matched"
 
 
+TORCH_SUFFIXES = (".pth", ".pt")
+FORMATS = {"safetensors": "a safetensors file", "zip": "a PyTorch (zip) file",
+           "pickle": "a pickle (a legacy PyTorch file, or a model zoo .pkl)"}
+# what each extension promises; a legacy (pickle) PyTorch file keeps .pth / .pt
+EXTENSION_FORMATS = {".safetensors": ("safetensors",), ".pkl": ("pickle",), ".pth": ("zip", "pickle"),
+                     ".pt": ("zip", "pickle")}
+
+
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
                  *, metadata: dict[str, Any] | None = None) -> None:
-    """Write ``state_dict`` atomically; ``metadata`` values are stored as JSON strings."""
+    """Write ``state_dict`` atomically in the format ``path``'s extension names: safetensors
+    (``metadata`` values stored as JSON strings), or for ``.pth`` / ``.pt`` ``torch.save`` of the
+    plain tensor dict (which has no place for metadata)."""
+    path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    if path.suffix not in (".safetensors", *TORCH_SUFFIXES):
+        raise WeightsError(f"cannot write weights to {path}: name it .safetensors (with metadata) or "
+                           f".pth / .pt (a plain tensor dict)")
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        if path.suffix == ".safetensors":
+            save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+        else:
+            torch.save(tensors, tmp)
+
+
+def sniff_format(path: Path) -> str | None:
+    """What ``path`` holds, from its first bytes: "safetensors" (an 8-byte header length, then
+    its JSON), "zip" (PyTorch's format since 1.6), "pickle" (a protocol-2+ pickle: legacy
+    ``torch.save``, detectron2's ``.pkl``), or None."""
+    with open(path, "rb") as file:
+        head = file.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    return None
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read tensors and metadata from a safetensors file, or tensors from a PyTorch file."""
+    """Read tensors and metadata from a safetensors file, or tensors from a PyTorch or ``.pkl``
+    file, judged by the file's content rather than its extension (a mismatch is warned about)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
+    kind = sniff_format(path)
+    if kind is None:
+        raise WeightsError(f"{path} is not a weights file: it is neither safetensors, a PyTorch file nor a pickle")
+    if kind not in EXTENSION_FORMATS.get(path.suffix, (kind,)):
+        warnings.warn(f"{path} is {FORMATS[kind]}, not what its extension says; reading it as such", stacklevel=2)
+    if kind == "safetensors":
         try:
             with safe_open(str(path), framework="pt") as f:  # one pass: metadata and tensors
                 raw_meta = f.metadata() or {}
@@ -71,11 +109,12 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"weights file {path} is corrupt or truncated: {exc}") from exc
         return tensors, {k: _decode(v) for k, v in raw_meta.items()}
-    if path.suffix == ".pkl":
+    if kind == "pickle" and path.suffix not in TORCH_SUFFIXES:
         obj = _read_arrays_pickle(path)
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as file:  # a file object: torch.load judges a path by its extension
+                obj = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for bad or unsafe pickles
             raise WeightsError(f"cannot read {path} as PyTorch weights: {exc}") from exc
     for key in ("state_dict", "model", "model_state"):

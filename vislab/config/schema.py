@@ -76,6 +76,7 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = False  # False: no weight decay on norm weights and biases
+    adder_eta: Optional[float] = 0.2  # AdderNet's adaptive lr scaling of adder layers (eq. 13); None: off
 
 
 @dataclass

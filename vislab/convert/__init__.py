@@ -21,7 +21,7 @@ from vislab.convert.timm_mvitv2 import timm_mvitv2
 from vislab.convert.timm_resnetv2 import timm_resnetv2
 from vislab.convert.timm_vit import timm_vit
 from vislab.convert.torchvision import torchvision_resnet
-from vislab.convert.torchvision_detection import TORCHVISION_RCNN_OPTIONS, torchvision_rcnn
+from vislab.convert.torchvision_detection import TORCHVISION_RCNN_OPTIONS, torchvision_fcos, torchvision_rcnn
 from vislab.models.registry import create_model, get_entry
 from vislab.weights import WeightsError, load_state_dict, read_weights, save_weights
 
@@ -30,6 +30,7 @@ Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 CONVERTERS: dict[tuple[str, str], Converter] = {
     ("torchvision", "resnet"): torchvision_resnet,
     ("torchvision", "rcnn"): torchvision_rcnn,
+    ("torchvision", "fcos"): torchvision_fcos,
     ("detectron2", "rcnn"): detectron2_rcnn,
     ("detectron2", "vitdet"): detectron2_vitdet,
     ("timm", "convnext"): timm_convnext,
@@ -53,7 +54,7 @@ SOURCE_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
 
 # where the class count can be read, and how many of those rows are background
 CLASS_ROWS = (("head.fc.weight", 0), ("roi_heads.box_predictor.cls_score.weight", 1),
-              ("roi_heads.box_predictors.0.cls_score.weight", 1))
+              ("roi_heads.box_predictors.0.cls_score.weight", 1), ("head.cls_logits.weight", 0))
 
 
 def class_count(converted: dict[str, torch.Tensor]) -> int | None:
@@ -94,9 +95,16 @@ def convert_state_dict(*, source: str, model_name: str, state_dict: dict[str, to
 
 
 def convert_file(*, source: str, model_name: str, src: str | Path, dst: str | Path,
-                 options: dict[str, Any] | None = None) -> str:
-    """Convert ``src`` to vislab safetensors at ``dst``; the metadata records the model name,
-    class count and options, so ``vislab predict`` can rebuild the model."""
+                 options: dict[str, Any] | None = None, force: bool = False) -> str:
+    """Convert ``src`` to vislab weights at ``dst``, in the format its extension names: safetensors,
+    whose metadata records the model name, class count and options (so ``vislab predict`` can
+    rebuild the model), or ``.pth`` / ``.pt``. Writing over ``src`` or an existing file is refused
+    unless ``force``."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise WeightsError(f"refusing to convert {src} onto itself: name another output file")
+    if dst.exists() and not force:
+        raise WeightsError(f"{dst} exists; pass --force to overwrite it")
     state_dict, _ = read_weights(src)
     converted, _ = convert_state_dict(source=source, model_name=model_name, state_dict=state_dict,
                                       options=options)

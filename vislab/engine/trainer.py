@@ -105,7 +105,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, name=o.name, lr=self.peak_lr, weight_decay=o.weight_decay,
                                          decay_norm_and_bias=o.decay_norm_and_bias, momentum=o.momentum,
                                          nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
-                                         layer_decay=o.layer_decay)
+                                         layer_decay=o.layer_decay, adder_eta=o.adder_eta)
         s = cfg.schedule
         warmup = s.warmup_steps if s.warmup_steps is not None else int(round(s.warmup_epochs * self.steps_per_epoch))
         self.schedule = LRSchedule(

@@ -14,13 +14,17 @@ from torch import nn
 
 
 class ClassifierHead(nn.Module):
-    def __init__(self, in_features: int, num_classes: int, *, dropout: float = 0.0):
+    """Dropout and a linear layer; ``logit_norm`` adds BatchNorm on the logits, as AdderNet's
+    classifiers have (its ``bn2`` after the fc)."""
+
+    def __init__(self, in_features: int, num_classes: int, *, dropout: float = 0.0, logit_norm: bool = False):
         super().__init__()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_features, num_classes)
+        self.norm = nn.BatchNorm1d(num_classes) if logit_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(x))
+        return self.norm(self.fc(self.dropout(x)))
 
 
 class LinearProbeHead(nn.Module):
@@ -41,19 +45,24 @@ class LinearProbeHead(nn.Module):
 
 class ImageClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, *, num_classes: int, dropout: float = 0.0,
-                 head_init: Callable[[nn.Linear], None] | None = None, zero_init_head: bool = False):
+                 head_init: Callable[[nn.Linear], None] | None = None, zero_init_head: bool = False,
+                 logit_norm: bool = False):
         """``head_init`` initialises the linear classifier the family's way (PyTorch's default
-        otherwise); ``zero_init_head`` then starts it at zero, as transfer recipes do."""
+        otherwise); ``zero_init_head`` then starts it at zero, as transfer recipes do. With
+        ``num_classes=0`` there is no classifier and ``forward`` returns the pooled features."""
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        self.head = ClassifierHead(backbone.num_features, num_classes, dropout=dropout)
+        self.frozen_backbone = False
+        if num_classes == 0:  # timm's convention: no classifier, the pooled features are the output
+            self.head = nn.Identity()
+            return
+        self.head = ClassifierHead(backbone.num_features, num_classes, dropout=dropout, logit_norm=logit_norm)
         if head_init is not None:
             head_init(self.head.fc)
         if zero_init_head:  # BiT-HyperRule (Kolesnikov et al., 2020, section 3.3)
             nn.init.zeros_(self.head.fc.weight)
             nn.init.zeros_(self.head.fc.bias)
-        self.frozen_backbone = False
 
     def make_linear_probe(self) -> "ImageClassifier":
         """Freeze the backbone (no gradients, norms in eval mode) and replace the head by a

@@ -4,22 +4,22 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-from vislab.models.complexity import count_gmacs, count_params, on_meta
+from vislab.models.complexity import count_params, energy_mj, on_meta, operation_counts
 from vislab.models.registry import create_model, get_entry
 
 
-def _count(name: str, size: tuple[int, ...], overrides: dict[str, Any]) -> tuple[int, float | None]:
-    """Params and GMACs, measured on the meta device. A detector's multiply-adds depend on how
+def _count(name: str, size: tuple[int, ...], overrides: dict[str, Any]) -> tuple[int, dict | None]:
+    """Params and GMACs, measured on the meta device. An R-CNN's multiply-adds depend on how
     many proposals and detections its input yields, which a weightless forward cannot know, so
-    detectors report params only."""
+    it reports params only; a one-stage detector's dense network (``dense_forward``) is counted."""
     model = on_meta(lambda: create_model(name, **overrides))
-    if get_entry(name).task == "detection":
+    if get_entry(name).task == "detection" and not hasattr(model, "dense_forward"):
         return count_params(model), None
-    return count_params(model), count_gmacs(model, size)
+    return count_params(model), operation_counts(model, size)
 
 
 @functools.lru_cache(maxsize=None)
-def _measure(name: str, size: tuple[int, ...]) -> tuple[int, float | None]:
+def _measure(name: str, size: tuple[int, ...]) -> tuple[int, dict | None]:
     """``_count`` of a registry model as registered, once per process (a large model takes a
     few seconds)."""
     return _count(name, size, {})
@@ -30,16 +30,16 @@ def model_info(name: str, *, input_size: Sequence[int] | None = None, **override
     with the reference figures the model is held to."""
     entry = get_entry(name)
     size = tuple(input_size) if input_size is not None else entry.input_size
-    if overrides:
-        params, gmacs = _count(name, size, overrides)
-    else:
-        params, gmacs = _measure(name, size)
+    params, operations = _count(name, size, overrides) if overrides else _measure(name, size)
+    gmacs = None if operations is None else sum(c["macs"] for c in operations.values())
     ref = entry.reference
     return {
         "name": name,
         "task": entry.task,
         "params": params,
         "gmacs": None if gmacs is None else round(gmacs, 4),
+        "operations": operations,  # per kind of layer: macs, multiplications, additions (1e9)
+        "energy_mj": None if operations is None else round(energy_mj(operations), 2),
         "input": list(size),
         "num_classes": entry.num_classes,
         "reference": None if ref is None else {"params": ref.params, "gmacs": ref.gmacs, "top1": ref.top1,

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
+from vislab.models.features import FeatureMaps
 from vislab.models.registry_types import ModelEntry
-from vislab.models.zoo import convnext, mae, moco, mvit_video, mvitv2, rcnn, resnet, resnetv2, video_cnn, vit, vitdet
+from vislab.models.zoo import (convnext, fcos, mae, moco, mvit_video, mvitv2, rcnn, resnet, resnetv2, video_cnn,
+                               vit, vitdet)
 
 
 class UnknownModelError(KeyError):
@@ -20,7 +22,7 @@ class UnknownModelError(KeyError):
 
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
-    for family in (resnet, resnetv2, vit, convnext, mvitv2, mae, moco, rcnn, vitdet, mvit_video, video_cnn)
+    for family in (resnet, resnetv2, vit, convnext, mvitv2, mae, moco, rcnn, vitdet, fcos, mvit_video, video_cnn)
     for entry in family.ENTRIES
 }
 
@@ -43,12 +45,24 @@ def builder_arguments(entry: ModelEntry) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(entry.builder).parameters)
 
 
-def create_model(name: str, *, num_classes: int | None = None, **overrides: Any) -> nn.Module:
+def create_model(name: str, *, num_classes: int | None = None, features_only: bool = False,
+                 out_indices: Sequence[int] | None = None, **overrides: Any) -> nn.Module:
     """Build the registered model ``name``.
 
-    ``num_classes`` defaults to the entry's (1000 for ImageNet models); ``overrides`` replace the
+    ``num_classes`` defaults to the entry's (1000 for ImageNet models); 0 gives a classifier
+    without its last layer, whose output is the pooled features (timm's convention).
+    ``features_only`` gives the trunk alone, returning its feature maps as a list (those at
+    ``out_indices`` of its outputs, all by default), as timm does. ``overrides`` replace the
     entry's builder arguments, e.g. ``create_model("resnet50", norm="GN")``.
     """
+    if features_only:
+        model = create_model(name, num_classes=0 if get_entry(name).task in ("classification", "video") else None,
+                             **overrides)
+        if not hasattr(model, "backbone") or not hasattr(model.backbone, "output_shape"):
+            raise ValueError(f"{name} has no trunk with named feature maps to return")
+        return FeatureMaps(model.backbone, out_indices=out_indices)
+    if out_indices is not None:
+        raise ValueError("out_indices chooses feature maps: it needs features_only=True")
     entry = get_entry(name)
     accepted = builder_arguments(entry)
     unknown = [key for key in overrides if key not in accepted]

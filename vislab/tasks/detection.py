@@ -54,9 +54,15 @@ class DetectionTask:
 
     @cached_property
     def with_masks(self) -> bool:
-        from vislab.models.registry import get_entry
+        """Whether the model predicts masks: its ``mask`` option, where its builder has one (a
+        one-stage detector has none)."""
+        from vislab.models.registry import builder_arguments, get_entry
 
-        return bool(self.cfg.model.get("mask", get_entry(self.cfg.model.name).defaults.get("mask", True)))
+        entry = get_entry(self.cfg.model.name)
+        option = builder_arguments(entry).get("mask")
+        if option is None:
+            return False
+        return bool(self.cfg.model.get("mask", entry.defaults.get("mask", option.default)))
 
     def _dataset(self, split: str) -> CocoDetection:
         return CocoDetection(images_dir=self.paths[f"{split}_images"], annotations=self.paths[f"{split}_annotations"],

@@ -3,10 +3,13 @@
 Each chosen backbone output gets a 1x1 lateral convolution to ``out_channels``; from the coarsest
 level down, the running map is upsampled 2x (nearest) and added to the next lateral; a 3x3
 convolution then smooths each merged map. P6 is a stride-2 subsampling of P5 (a 1x1 max-pool, as
-used for the RPN's 512-pixel anchors in the Mask R-CNN implementations). With a norm (GN, SyncBN)
+used for the RPN's 512-pixel anchors in the Mask R-CNN implementations), or, for RetinaNet and
+FCOS (``top_block="p6p7"``), P6 and P7 are stride-2 3x3 convolutions of P5 and of ReLU(P6)
+(torchvision's ``LastLevelP6P7`` on P5, FCOS section 3.2). With a norm (GN, SyncBN)
 every conv drops its bias and is followed by the norm, as in the GN paper's detection models.
 ``output_convs`` > 1 stacks more 3x3 convolutions (with ReLU between) on each output, a heavier
-neck for detection on a frozen backbone. ``in_norm`` normalises each backbone map before its
+neck for detection on a frozen backbone. ``conv="adder"`` makes every convolution an adder layer
+followed by the norm (the adder FPN of Adder FCOS). ``in_norm`` normalises each backbone map before its
 lateral convolution: the per-level LayerNorm that MViTv2's and ConvNeXt's detectors put on their
 trunk outputs (detectron2's ``scale{k}_norm``, ConvNeXt's ``norm{i}``).
 """
@@ -19,25 +22,34 @@ from torch import nn
 from torch.nn import functional as F
 
 from vislab.layers import get_norm
+from vislab.layers.adder import ADDER_KINDS, AdderConv2d
 from vislab.models.shape_spec import ShapeSpec
 
 
-def _conv_norm(w_in: int, w_out: int, k: int, *, norm: str) -> nn.Module:
-    conv = nn.Conv2d(w_in, w_out, k, padding=k // 2, bias=norm == "none")
-    nn.init.kaiming_uniform_(conv.weight, a=1)
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
+TOP_BLOCKS = ("none", "maxpool", "p6p7")
+
+
+def conv_norm(w_in: int, w_out: int, k: int, *, norm: str, stride: int = 1, conv: str = "conv") -> nn.Module:
+    """A convolution ('same' padding; a bias only without a norm) and its norm; ``conv="adder"``
+    (or "adder_sign") makes it an adder layer (AdderNet), which always needs the norm after it."""
+    if conv in ADDER_KINDS:
+        return nn.Sequential(AdderConv2d(w_in, w_out, k, stride=stride, padding=k // 2, input_grad=ADDER_KINDS[conv]),
+                             get_norm(norm, w_out))
+    layer = nn.Conv2d(w_in, w_out, k, stride=stride, padding=k // 2, bias=norm == "none")
+    nn.init.kaiming_uniform_(layer.weight, a=1)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
     if norm == "none":
-        return conv
-    return nn.Sequential(conv, get_norm(norm, w_out))
+        return layer
+    return nn.Sequential(layer, get_norm(norm, w_out))
 
 
-def _output_block(channels: int, *, norm: str, num_convs: int) -> nn.Module:
+def _output_block(channels: int, *, norm: str, num_convs: int, conv: str) -> nn.Module:
     layers: list[nn.Module] = []
     for index in range(num_convs):
         if index:
             layers.append(nn.ReLU(inplace=True))
-        layers.append(_conv_norm(channels, channels, 3, norm=norm))
+        layers.append(conv_norm(channels, channels, 3, norm=norm, conv=conv))
     return layers[0] if num_convs == 1 else nn.Sequential(*layers)
 
 
@@ -46,8 +58,8 @@ class FPN(nn.Module):
     ``in_features`` (finest first), e.g. ResNet's ``res2``..``res5``."""
 
     def __init__(self, *, input_shapes: dict[str, ShapeSpec], in_features: Sequence[str],
-                 out_channels: int = 256, norm: str = "none", top_block: bool = True, output_convs: int = 1,
-                 in_norm: str = "none"):
+                 out_channels: int = 256, norm: str = "none", top_block: str = "maxpool", output_convs: int = 1,
+                 in_norm: str = "none", conv: str = "conv"):
         super().__init__()
         missing = [name for name in in_features if name not in input_shapes]
         if missing:
@@ -55,14 +67,22 @@ class FPN(nn.Module):
         self.in_features = tuple(in_features)
         self.input_norms = (nn.ModuleList(get_norm(in_norm, input_shapes[n].channels) for n in in_features)
                             if in_norm != "none" else None)
+        if conv in ADDER_KINDS and norm == "none":
+            raise ValueError("an adder FPN needs a norm after its adder layers (norm=BN, SyncBN or GN)")
         self.lateral = nn.ModuleList(
-            _conv_norm(input_shapes[n].channels, out_channels, 1, norm=norm) for n in in_features)
-        self.output = nn.ModuleList(_output_block(out_channels, norm=norm, num_convs=output_convs)
+            conv_norm(input_shapes[n].channels, out_channels, 1, norm=norm, conv=conv) for n in in_features)
+        self.output = nn.ModuleList(_output_block(out_channels, norm=norm, num_convs=output_convs, conv=conv)
                                     for _ in in_features)
         strides = [input_shapes[n].stride for n in in_features]
+        if top_block not in TOP_BLOCKS:
+            raise ValueError(f"FPN top_block={top_block!r} is not one of {', '.join(TOP_BLOCKS)}")
         self.top_block = top_block
-        if top_block:
-            strides.append(strides[-1] * 2)
+        extra_levels = {"none": 0, "maxpool": 1, "p6p7": 2}[top_block]
+        strides += [strides[-1] * 2**i for i in range(1, extra_levels + 1)]
+        if top_block == "p6p7":
+            self.top = nn.ModuleDict({name: conv_norm(out_channels, out_channels, 3, stride=2, conv=conv,
+                                                      norm=norm if conv in ADDER_KINDS else "none")
+                                      for name in ("p6", "p7")})
         self._shapes = {f"p{s.bit_length() - 1}": ShapeSpec(channels=out_channels, stride=s) for s in strides}
 
     def output_shape(self) -> dict[str, ShapeSpec]:
@@ -78,6 +98,9 @@ class FPN(nn.Module):
             top_down = F.interpolate(merged, size=inputs[level].shape[-2:], mode="nearest")
             merged = self.lateral[level](inputs[level]) + top_down
             outputs.insert(0, self.output[level](merged))
-        if self.top_block:
+        if self.top_block == "maxpool":
             outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2))
+        elif self.top_block == "p6p7":
+            p6 = self.top["p6"](outputs[-1])
+            outputs += [p6, self.top["p7"](F.relu(p6))]
         return dict(zip(self._shapes, outputs))

@@ -156,7 +156,8 @@ ENTRIES = (
     _mvitv2_cascade("cascade_mask_rcnn_mvitv2_b", backbone="mvitv2_base", params=103_147_038, box_ap=54.1,
                     mask_ap=46.7, backbone_options={"window_size": 56, "drop_path_rate": 0.4, "final_norm": False}),
     # ConvNeXt (Liu et al., 2022, table 3): Mask R-CNN 3x, a LayerNorm on each stage output
-    _entry("mask_rcnn_convnext_t_fpn", backbone="convnext_tiny", backbone_options={"drop_path_rate": 0.4, "final_norm": False},
+    _entry("mask_rcnn_convnext_t_fpn", backbone="convnext_tiny",
+           backbone_options={"drop_path_rate": 0.4, "final_norm": False},
            fpn_features=("stage1", "stage2", "stage3", "stage4"), fpn_in_norm="LN", freeze_at=0,
            box_ap=46.2, mask_ap=41.7, source="ConvNeXt paper table 3 (Mask R-CNN 3x)"),
     _frozen_nasfpn("cascade_mask_rcnn_r50_nasfpn_frozen", backbone="resnet50"),

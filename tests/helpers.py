@@ -56,3 +56,12 @@ def assert_timm_conversion_matches(reference, *, model, model_name: str, folder:
         expected, logits = reference.eval()(x), model.eval()(x)
     assert expected.std() > 0.1  # random weights that give a non-trivial output
     assert (logits - expected).abs().max().item() <= 1e-4
+
+
+def tensorboard_images(run_dir: Path) -> dict[str, list[tuple[int, int, int]]]:
+    """Each image tag of a run's TensorBoard events: (step, height, width) of every image logged."""
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={IMAGES: 0}).Reload()
+    return {tag: [(image.step, image.height, image.width) for image in events.Images(tag)]
+            for tag in events.Tags()[IMAGES]}

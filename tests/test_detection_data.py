@@ -131,6 +131,14 @@ def test_bad_annotation_files_are_named(tmp_path):
     path = _write_coco(tmp_path, images=[(1, 20, 30)], annotations=[_ann(5, 1, 1, [2, 2, 0, 4])], categories=[1])
     with pytest.raises(DataError, match=f"annotation 5 in {path} has a box of non-positive width"):
         load(path)
+    for bbox, message in [([2, "2", 3, 4], r"has bbox \[2, '2', 3, 4\]: expected four numbers"),
+                          ([2, 2, float("nan"), 4], "has a bbox with a non-finite coordinate"),
+                          ([31, 2, 3, 4], "has a box entirely outside its 30x20 image 1"),
+                          ([-9, 2, 8.5, 4], "has a box entirely outside")]:
+        path = _write_coco(tmp_path, images=[(1, 20, 30)], annotations=[{**_ann(9, 1, 1, [2, 2, 3, 4]), "bbox": bbox}],
+                           categories=[1])
+        with pytest.raises(DataError, match=f"annotation 9 in {path} {message}"):
+            load(path)
     path = _write_coco(tmp_path, images=[(1, 20, 30)], annotations=[_ann(8, 1, 4, [2, 2, 3, 4])], categories=[1])
     with pytest.raises(DataError, match=f"annotation 8 in {path} has unknown category id 4"):
         load(path)
@@ -279,3 +287,17 @@ def test_cli_generates_once_and_refuses_other_settings(tmp_path, capsys):
     (tmp_path / "mine" / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="is not a generated shapes set"):
         ensure_shapes(tmp_path / "mine", train=3, val=2, seed=5)
+
+
+@pytest.mark.parametrize("lsj_size", [None, 64])
+def test_an_image_too_thin_for_the_resize_is_padded_not_an_error(lsj_size):
+    image = tv_tensors.Image(torch.full((3, 1, 900), 128, dtype=torch.uint8))  # 900 x 1: at 320 it has 0.36 rows
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([[10.0, 0.0, 400.0, 1.0]]), format="XYXY",
+                                                canvas_size=(1, 900)), "labels": torch.tensor([2])}
+    train = detection_train_transform(min_sizes=[128], max_size=320, hflip=False, lsj_size=lsj_size,
+                                      lsj_scale=[0.5, 1.0], mean=[0.5] * 3, std=[0.25] * 3)
+    evaluate = detection_eval_transform(min_size=128, max_size=320, mean=[0.5] * 3, std=[0.25] * 3)
+    trained, _ = train(image, target)
+    evaluated, kept = evaluate(image, target)
+    assert min(trained.shape[-2:]) >= 1 and tuple(evaluated.shape[-2:]) == (1, 320)
+    assert kept["boxes"][0, 2].item() == pytest.approx(400 * 320 / 900, rel=1e-4)  # coordinates unchanged by the pad

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tensorboard_images
 from vislab.cli import main
 from vislab.config import load_config
 from vislab.data.datasets.shapes import SHAPE_KINDS
@@ -48,6 +49,12 @@ def test_training_writes_coco_metrics_and_tables(trained_run):
     assert any("loss" in r for r in records)
     _, metadata = read_weights(Path(summary["last_checkpoint"]) / "model.safetensors")
     assert metadata["classes"] == list(SHAPE_KINDS)
+    # detections drawn on the first validation images, in TensorBoard at every evaluation
+    drawn = sorted(p.name for p in (run / "val").glob("detections_*.png"))
+    assert drawn == [f"detections_{i}.png" for i in range(3)]  # every one of the 3 validation images (at most 4)
+    images = tensorboard_images(run)
+    assert {f"val/detections_{i}" for i in range(len(drawn))} <= set(images)
+    assert len(images["val/detections_0"]) == len([r for r in records if "val/bbox/AP" in r])
 
 
 def test_eval_and_predict_commands(trained_run, capsys):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tensorboard_images
 from vislab.config import ConfigError, load_config
 from vislab.engine.run import train
 from vislab.models.classifier import LinearProbeHead
@@ -30,6 +31,7 @@ def test_mae_pretraining_reports_knn_and_writes_reconstructions(tmp_path):
     final = summary["final"]
     assert final["val/loss"] > 0 and 0 <= final["val/knn_top1"] <= 1
     assert (tmp_path / "val" / "reconstruction.png").stat().st_size > 0
+    assert "val/reconstruction" in tensorboard_images(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,19 @@ def test_list_bad_lines_name_the_file_and_line(tmp_path, bad_line, message):
         read_video_list(path, root=tmp_path)
 
 
+def test_out_of_range_label_names_its_line(tmp_path):
+    path = tmp_path / "val.csv"
+    path.write_text("a.mp4,0\nb.mp4,2\nc.mp4,5\n")
+    with pytest.raises(DataError, match=rf"{path} line 3: label 5 is out of range: there are 3 classes"):
+        read_video_list(path, root=tmp_path, num_labels=3)
+    (tmp_path / "classes.txt").write_text("walk\nrun\njump\n")
+    with pytest.raises(DataError, match=rf"{path} line 3: label 5 is out of range"):
+        VideoListDataset(list_file=path, root=tmp_path, train=False, num_frames=4, stride=1, transform=None)
+    with pytest.raises(DataError, match=rf"{path} line 2: label 2 is out of range: there are 2 classes"):
+        VideoListDataset(list_file=path, root=tmp_path, train=False, num_frames=4, stride=1, transform=None,
+                         num_classes=2)
+
+
 def test_list_missing_or_empty(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_video_list(tmp_path / "none.csv", root=tmp_path)

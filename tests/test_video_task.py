@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from helpers import tensorboard_images
 from vislab.cli import main
 from vislab.config import load_config
 from vislab.engine.run import train
@@ -34,6 +35,7 @@ def test_training_reports_video_and_clip_accuracy(video_run):
     assert all(0.0 <= final[k] <= 1.0 for k in ("val/top1", "val/top5", "val/clip_top1"))
     assert final["val/top5"] >= final["val/top1"]
     assert (tmp_path / "run" / "val" / "confusion_matrix.png").stat().st_size > 0
+    assert "val/confusion_matrix" in tensorboard_images(tmp_path / "run")
 
 
 def test_eval_and_predict_commands(video_run, capsys):

@@ -24,6 +24,7 @@ EXAMPLES = {
         vislab models --markdown > docs/model-zoo.md""",
     "flops": "vislab flops resnet50 --input 3x224x224",
     "convert": "vislab convert --from torchvision --model resnet50 resnet50-0676ba61.pth resnet50.safetensors",
+    "export": "vislab export runs/digits/20260101-120000 --format onnx --out digits.onnx --input 3x32x32",
     "data": "vislab data shapes --out data/shapes --train 600 --val 100 --seed 0",
 }
 
@@ -80,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="model options of a non-default variant, e.g. global_pool=avg")
 
+    p = add("export", "Export trained weights as ONNX (classifiers, video models) or a torch.export program "
+                      "(any model), checked against PyTorch's outputs.")
+    p.add_argument("weights", help="weights file, checkpoint folder or run folder")
+    p.add_argument("--format", required=True, choices=["onnx", "torch-export"])
+    p.add_argument("--out", required=True, help="the file to write (.onnx, or .pt2 for torch-export)")
+    p.add_argument("--input", help="one sample's shape, CxHxW or CxTxHxW for video (default: the training size)")
+    p.add_argument("--model", help="registry name, for weights without vislab metadata")
+
     p = add("data", "Generate an embedded synthetic dataset.")
     data = p.add_subparsers(dest="dataset", required=True)
     shapes = data.add_parser("shapes", help="COCO-format detection set of shapes on textured backgrounds")
@@ -126,6 +135,8 @@ def _cmd_eval(args) -> int:
     from vislab.engine.checkpoint import resolve_weights
     from vislab.engine.distributed import DistInfo, resolve_device
     from vislab.tasks import build_task
+    from vislab.utils.files import atomic_write_text
+    from vislab.utils.finite import finite_outputs
 
     cfg = load_config(args.config, args.overrides)
     if not cfg.weights:
@@ -137,11 +148,18 @@ def _cmd_eval(args) -> int:
     model = task.build_model().to(device)
     single = DistInfo()
     out = Path(args.out) if args.out else weights.parent / "eval.json"
-    metrics = task.evaluate(model, task.build_val_loader(single), device=device, dist=single,
-                            out_dir=out.parent / out.stem)
+    with finite_outputs(model, what=f"the output of {weights}"):
+        metrics = task.evaluate(model, task.build_val_loader(single), device=device, dist=single,
+                                out_dir=out.parent / out.stem)
     record = {"weights": str(weights), **{f"val/{k}": v for k, v in metrics.items()}}
-    out.write_text(json.dumps(record, indent=2))
-    print("  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)) + f"  -> {out}")
+    print("  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
+    try:
+        atomic_write_text(out, json.dumps(record, indent=2))
+    except OSError as exc:
+        print(f"vislab eval: error: the metrics above could not be saved to {out}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    print(f"-> {out}")
     return 0
 
 
@@ -219,17 +237,32 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _input_shape(args) -> tuple[int, ...] | None:
+    """``--input CxHxW`` (or CxTxHxW) as a tuple, None when not given."""
+    if not args.input:
+        return None
+    try:
+        return tuple(int(v) for v in args.input.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"vislab {args.command}: --input {args.input!r} is not of the form CxHxW") from None
+
+
+def _cmd_export(args) -> int:
+    from vislab.export import export_weights
+
+    report = export_weights(args.weights, fmt=args.format, out=args.out, input_shape=_input_shape(args),
+                            model_name=args.model)
+    print(f"{args.weights} -> {report.out} ({args.format}, input 1x{'x'.join(map(str, report.input_shape))}); "
+          f"outputs equal PyTorch's within {report.max_abs_diff:.2g}")
+    return 0
+
+
 def _cmd_flops(args) -> int:
     from vislab.config import parse_overrides
     from vislab.models import model_info
     from vislab.models.registry import get_entry
 
-    size = None
-    if args.input:
-        try:
-            size = tuple(int(v) for v in args.input.lower().split("x"))
-        except ValueError:
-            raise SystemExit(f"vislab flops: --input {args.input!r} is not of the form CxHxW") from None
+    size = _input_shape(args)
     info = model_info(args.name, input_size=size, **parse_overrides(args.overrides))
     ref = info["reference"] or {}
     gmacs = "no GMACs (they depend on the detections)" if info["gmacs"] is None else f"{info['gmacs']:.3f} GMACs"
@@ -300,7 +333,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "models": _cmd_models,
-            "flops": _cmd_flops, "convert": _cmd_convert, "data": _cmd_data}
+            "flops": _cmd_flops, "convert": _cmd_convert, "export": _cmd_export, "data": _cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,11 @@ from vislab.models import create_model
 from vislab.models.detection.postprocess import to_original_size
 from vislab.models.registry import get_entry
 from vislab.tasks.classification import classifier_from_config, eval_transform_from
+from vislab.utils.finite import check_finite
 from vislab.weights import WeightsError, load_state_dict, read_weights
+
+
+BROKEN_WEIGHTS = "these weights are broken (saved from a run that diverged?)"
 
 
 @dataclass
@@ -31,7 +35,10 @@ class Predictor:
     def predict(self, paths: Sequence[str | Path], *, topk: int = 5) -> list[list[tuple[str, float]]]:
         """The ``topk`` (class name, probability) pairs of each image."""
         batch = torch.stack([self.transform(read_rgb(p)) for p in paths])
-        probs = self.model(batch).float().softmax(dim=1)
+        logits = self.model(batch)
+        check_finite(logits, what=f"the model's output for {', '.join(map(str, paths))}",
+                     consequence=BROKEN_WEIGHTS)
+        probs = logits.float().softmax(dim=1)
         values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
         return [[(self.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
                 for vs, ix in zip(values, indices)]
@@ -51,6 +58,8 @@ class DetectionPredictor:
         tensor = self.transform(image)
         size = tuple(tensor.shape[-2:])
         detections = self.model(tensor[None], [size])
+        check_finite(detections, what=f"the model's output for {path}",
+                     consequence=BROKEN_WEIGHTS)
         return to_original_size(detections, input_sizes=[size], original_sizes=[(image.height, image.width)])[0]
 
 
@@ -75,7 +84,10 @@ class VideoPredictor:
                                       stride=self.stride, num_clips=self.num_clips)
             frames = video.frames([i for clip in clips for i in clip])
         views = torch.stack([view for clip in frames.split(self.num_frames) for view in self.views(clip)])
-        probs = self.model(views).float().softmax(dim=1).mean(dim=0)
+        logits = self.model(views)
+        check_finite(logits, what=f"the model's output for {path}",
+                     consequence=BROKEN_WEIGHTS)
+        probs = logits.float().softmax(dim=1).mean(dim=0)
         values, indices = probs.topk(min(topk, probs.numel()))
         return [(self.classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())], len(views)
 
@@ -95,32 +107,36 @@ def _config_and_classes(path: Path, metadata: dict, model_name: str | None) -> t
     return load_config(None, overrides), [str(i) for i in range(num_classes)]
 
 
-def load_predictor(weights: str | Path, *,
-                   model_name: str | None = None) -> Predictor | DetectionPredictor | VideoPredictor:
-    """A predictor from vislab weights (their metadata holds the run's config and classes) or,
-    for converted weights, from the model name and options in their metadata (or
+def load_trained_model(weights: str | Path, *, model_name: str | None = None) -> tuple[nn.Module, DictConfig, list[str]]:
+    """The classifier, detector or video model that ``weights`` hold, in eval mode, with the
+    config that built it and its class names: from vislab weights' metadata (the run's config and
+    classes) or, for converted weights, from the model name and options in their metadata (or
     ``model_name``), with the schema's ImageNet normalisation and input size."""
-    from vislab.tasks.detection import eval_transform_of
-
     path = resolve_weights(weights)
     state_dict, metadata = read_weights(path)
     cfg, classes = _config_and_classes(path, metadata, model_name)
-    if cfg.task == "video":
-        from vislab.tasks.video import eval_views_of
-
+    if cfg.task in ("video", "detection"):
         model = create_model(cfg.model.name, num_classes=len(classes), **model_kwargs(cfg))
-        d = cfg.data
-        predictor = VideoPredictor(model=model, views=eval_views_of(cfg), classes=classes, num_frames=d.num_frames,
-                                   stride=d.frame_stride, num_clips=d.test_clips)
-    elif cfg.task == "detection":
-        model = create_model(cfg.model.name, num_classes=len(classes), **model_kwargs(cfg))
-        predictor = DetectionPredictor(model=model, transform=eval_transform_of(cfg), classes=classes)
     elif cfg.task == "classification":
         model = classifier_from_config(cfg, num_classes=len(classes))
-        predictor = Predictor(model=model, transform=eval_transform_from(cfg), classes=classes)
     else:
-        raise WeightsError(f"{path} holds a {cfg.task} model ({cfg.model.name}); `vislab predict` runs "
-                           f"classifiers, detectors and video models; load its backbone with pretrained=...")
+        raise WeightsError(f"{path} holds a {cfg.task} model ({cfg.model.name}); only classifiers, detectors "
+                           f"and video models run on their own; load its backbone with pretrained=...")
     load_state_dict(model, state_dict, strict=True, source=f"weights file {path}")
-    model.eval()
-    return predictor
+    return model.eval(), cfg, classes
+
+
+def load_predictor(weights: str | Path, *,
+                   model_name: str | None = None) -> Predictor | DetectionPredictor | VideoPredictor:
+    """A predictor for the model ``weights`` hold (``load_trained_model``)."""
+    from vislab.tasks.detection import eval_transform_of
+    from vislab.tasks.video import eval_views_of
+
+    model, cfg, classes = load_trained_model(weights, model_name=model_name)
+    if cfg.task == "video":
+        d = cfg.data
+        return VideoPredictor(model=model, views=eval_views_of(cfg), classes=classes, num_frames=d.num_frames,
+                              stride=d.frame_stride, num_clips=d.test_clips)
+    if cfg.task == "detection":
+        return DetectionPredictor(model=model, transform=eval_transform_of(cfg), classes=classes)
+    return Predictor(model=model, transform=eval_transform_from(cfg), classes=classes)

@@ -182,10 +182,12 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, st
 def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> LoadReport:
     """Load weights from ``path`` (safetensors, or a PyTorch state dict) into ``model``."""
     state_dict, metadata = read_weights(path)
-    source = f"weights file {path}"
-    if "model" in metadata:
-        source += f" (model {metadata['model']})"
-    return load_state_dict(model, state_dict, strict=strict, source=source)
+    return load_state_dict(model, state_dict, strict=strict, source=weights_source(path, metadata))
+
+
+def weights_source(path: str | os.PathLike, metadata: dict[str, Any]) -> str:
+    """How messages name a weights file: its path and the model it records."""
+    return f"weights file {path}" + (f" (model {metadata['model']})" if "model" in metadata else "")
 
 
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> LoadReport:

@@ -104,6 +104,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema_decay: Optional[float] = None  # keep and evaluate an exponential moving average of weights
     eval_every: int = 1  # epochs
+    eval_images: int = 4  # validation images each evaluation draws (detections, MAE reconstructions); 0: none
     log_every: int = 20  # steps
     checkpoint_every: int = 1  # epochs
     keep_last: int = 2  # checkpoints kept besides the best

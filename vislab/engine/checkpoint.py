@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,10 @@ class CheckpointDir:
                 shutil.rmtree(old)
             else:
                 tmp.rename(final)
+        except (OSError, RuntimeError) as exc:  # a full disk (torch.save reports it as RuntimeError)
+            last = self.pointer(LAST)
+            raise CheckpointError(f"could not save checkpoint {name} in {self.root}: {getattr(exc, 'strerror', None) or exc}; "
+                                  f"{f'the newest checkpoint is still {last}' if last else 'no checkpoint was saved'}") from exc
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -106,13 +111,61 @@ class CheckpointDir:
         target = self.root / file.read_text().strip()
         return target if target.is_dir() else None
 
+    def saved(self) -> list[Path]:
+        """The checkpoint folders, oldest first (their names sort by epoch)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the hidden folders a save killed half-way leaves behind; returns them."""
+        stale = [p for p in self.root.glob(".*") if p.is_dir()] if self.root.is_dir() else []
+        for folder in stale:
+            shutil.rmtree(folder)
+        return stale
+
+    def newest_valid(self) -> Path:
+        """The ``last`` checkpoint if it loads, else the newest older one that does, with a
+        warning naming what was passed over; an error naming each failure if none loads."""
+        last = self.pointer(LAST)
+        candidates = ([last] if last is not None else []) + [p for p in reversed(self.saved()) if p != last]
+        passed_over = [] if last is not None or not (self.root / LAST).exists() else \
+            [f"{self.root / LAST} names {(self.root / LAST).read_text().strip()!r}, which is missing"]
+        for folder in candidates:
+            try:
+                load_checkpoint(folder)
+            except CheckpointError as exc:
+                passed_over.append(str(exc))
+                continue
+            if passed_over:
+                warnings.warn(f"resuming from {folder}, the newest checkpoint that loads; passed over: "
+                              f"{'; '.join(passed_over)}", stacklevel=2)
+            return folder
+        raise CheckpointError(f"no checkpoint in {self.root} loads: {'; '.join(passed_over) or 'there is none'}")
+
     def prune(self, *, keep_last: int) -> None:
         """Delete all but the newest ``keep_last`` checkpoints, never the best or last one."""
         keep = {p for p in (self.pointer(BEST), self.pointer(LAST)) if p is not None}
-        saved = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        saved = self.saved()
         for old in saved[: max(0, len(saved) - keep_last)]:
             if old not in keep:
                 shutil.rmtree(old)
+
+
+def resumable_checkpoint(path: str | Path) -> Path:
+    """The checkpoint to resume from ``path``: a checkpoint folder (or a file in one) as it is, a
+    run or ``checkpoints/`` folder its newest checkpoint that loads (``CheckpointDir.newest_valid``)."""
+    path = Path(path)
+    if path.is_file() and path.name in (MODEL_FILE, STATE_FILE):
+        path = path.parent
+    if (path / STATE_FILE).is_file():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    folder = CheckpointDir(root)
+    if not folder.saved() and not (root / LAST).exists():
+        raise CheckpointError(f"no checkpoint at {path} (expected a folder with {STATE_FILE}, "
+                              f"or a run folder with checkpoints/)")
+    return folder.newest_valid()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

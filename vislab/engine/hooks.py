@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from PIL import Image
+
 from vislab.utils.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -82,6 +85,15 @@ class MetricsWriter(Hook):
         for key, value in record.items():
             if key not in ("step", "epoch") and isinstance(value, (int, float)):
                 self.tb.add_scalar(key, value, global_step=record["step"])
+        self.tb.flush()
+
+    def write_images(self, folder: Path, *, prefix: str, step: int) -> None:
+        """Show the PNGs an evaluation wrote into ``folder`` (drawn detections, MAE reconstructions,
+        a confusion matrix) in TensorBoard as ``prefix/<file name>`` at ``step``."""
+        for png in sorted(folder.glob("*.png")) if folder.is_dir() else []:
+            with Image.open(png) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            self.tb.add_image(f"{prefix}/{png.stem}", pixels, global_step=step, dataformats="HWC")
         self.tb.flush()
 
     def after_step(self, trainer: "Trainer", metrics: dict[str, float]) -> None:

@@ -29,6 +29,7 @@ from vislab.engine.ema import build_ema
 from vislab.engine.hooks import CheckpointHook, CurvesHook, EvalHook, Hook, MetricsWriter, ProgressHook
 from vislab.engine.optim import build_optimizer
 from vislab.engine.schedule import LRSchedule, apply_lr
+from vislab.utils.finite import finite_outputs
 from vislab.weights import WeightsError, load_state_dict
 
 
@@ -224,12 +225,14 @@ class Trainer:
             for hook in self.hooks:
                 hook.after_step(self, metrics)
 
-    def _stop_non_finite(self, loss: torch.Tensor) -> None:
+    def _last_good(self) -> str:
         last = self.checkpoints.pointer(ckpt.LAST)
-        where = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+        return f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+
+    def _stop_non_finite(self, loss: torch.Tensor) -> None:
         raise NonFiniteLossError(
             f"loss is {loss.item()} at step {self.step + 1} (epoch {self.epoch + 1}); training stopped "
-            f"and nothing was saved after it; {where}")
+            f"and nothing was saved after it; {self._last_good()}")
 
     # ---------------------------------------------------------------- evaluation
     def run_evaluation(self) -> dict[str, float]:
@@ -239,7 +242,11 @@ class Trainer:
             models["val_ema"] = self.ema.module
         record = {}
         for prefix, model in models.items():
-            with autocast_context(self.device, enabled=self.amp, dtype=self.cfg.train.amp_dtype):
+            what = (f"the {'moving-average ' if prefix == 'val_ema' else ''}model's output at the evaluation "
+                    f"after epoch {self.epoch} (step {self.step})")
+            consequence = f"training stopped and this model was not saved; {self._last_good()}"
+            with autocast_context(self.device, enabled=self.amp, dtype=self.cfg.train.amp_dtype), \
+                    finite_outputs(model, what=what, consequence=consequence):
                 metrics = self.task.evaluate(model, self.val_loader, device=self.device, dist=self.dist,
                                              out_dir=self.run_dir / prefix)
             record.update({f"{prefix}/{k}": v for k, v in metrics.items()})
@@ -250,6 +257,8 @@ class Trainer:
             self.best = {"metric": key, "value": record[key], "epoch": self.epoch}
         if self.dist.is_main:
             self.writer.write({"step": self.step, "epoch": float(self.epoch), **record})
+            for prefix in models:
+                self.writer.write_images(self.run_dir / prefix, prefix=prefix, step=self.step)
         return record
 
     # ---------------------------------------------------------------- checkpoints

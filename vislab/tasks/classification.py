@@ -35,7 +35,7 @@ def build_dataset(cfg: DictConfig, split: str) -> Dataset:
         paths = detection_paths(cfg)
         return CocoImages(images_dir=paths[f"{split}_images"], annotations=paths[f"{split}_annotations"])
     folder = data.train_split if split == "train" else data.val_split
-    return ImageFolderDataset(Path(data.root) / folder, skip_bad=data.skip_bad)
+    return ImageFolderDataset(Path(data.root) / folder, skip_bad=data.skip_bad, require_every_class=split == "train")
 
 
 def classifier_from_config(cfg: DictConfig, *, num_classes: int) -> nn.Module:
@@ -128,7 +128,7 @@ class ClassificationTask:
 
     def build_model(self) -> nn.Module:
         model = classifier_from_config(self.cfg, num_classes=self.num_classes)
-        return load_initial_weights(model, self.cfg)
+        return load_initial_weights(model, self.cfg, classes=self.classes)
 
     def metadata(self) -> dict:
         return {"classes": self.classes}

@@ -11,6 +11,7 @@ from torch import nn
 
 from vislab.config import model_kwargs
 from vislab.data.datasets.coco import CocoDetection
+from vislab.data.datasets.image_folder import read_rgb
 from vislab.data.datasets.shapes import ensure_shapes
 from vislab.data.loader import collate_detection
 from vislab.data.transforms.detection import detection_eval_transform, detection_train_transform
@@ -20,8 +21,11 @@ from vislab.models import create_model
 from vislab.models.detection.postprocess import to_original_size
 from vislab.tasks.initial_weights import load_initial_weights
 from vislab.tasks.loaders import train_loader, val_loader
+from vislab.utils.files import atomic_path
+from vislab.visualize.detection import draw_detections
 
 DEFAULT_SHAPES_ROOT = "data/shapes"
+DRAWN_SCORE = 0.5  # the lowest score drawn on the evaluation images
 
 
 def detection_paths(cfg: DictConfig) -> dict[str, Path]:
@@ -84,13 +88,25 @@ class DetectionTask:
     def build_model(self) -> nn.Module:
         model = create_model(self.cfg.model.name, num_classes=self.cfg.model.get("num_classes") or len(self.classes),
                              **model_kwargs(self.cfg))
-        return load_initial_weights(model, self.cfg)
+        return load_initial_weights(model, self.cfg, classes=self.classes)
 
     def metadata(self) -> dict:
         return {"classes": self.classes}
 
     def _collate(self):
         return partial(collate_detection, size_divisibility=self.cfg.data.size_divisibility)
+
+    def _draw(self, shown: list[tuple[int, dict]], *, out_dir: Path) -> None:
+        """``detections_<i>.png``: the first validation images with their detections scoring at
+        least ``DRAWN_SCORE`` (shown in TensorBoard by the trainer)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for index, (image_id, result) in enumerate(shown):
+            path = self.val_set.images_dir / self.val_set.coco.imgs[image_id]["file_name"]
+            drawn = draw_detections(read_rgb(path), boxes=result["boxes"], labels=result["labels"],
+                                    scores=result["scores"], masks=result.get("masks"), class_names=self.classes,
+                                    score_threshold=DRAWN_SCORE)
+            with atomic_path(out_dir / f"detections_{index}.png") as tmp:
+                drawn.save(tmp, format="png")
 
     def build_train_loader(self, dist: DistInfo):
         d = self.cfg.data
@@ -122,6 +138,7 @@ class DetectionTask:
         model.eval()
         evaluator = CocoEvaluator(coco_gt=self.val_set.coco, category_ids=self.val_set.category_ids,
                                   iou_types=("bbox", "segm") if self.with_masks else ("bbox",))
+        shown: list[tuple[int, dict]] = []
         for batch in loader:
             if not batch["targets"]:
                 continue
@@ -129,9 +146,13 @@ class DetectionTask:
             originals = [tuple(t["orig_size"]) for t in batch["targets"]]
             results = to_original_size(detections, input_sizes=batch["image_sizes"], original_sizes=originals)
             for target, result in zip(batch["targets"], results):
-                evaluator.update(image_id=int(target["image_id"]), boxes=result["boxes"].cpu(),
-                                 scores=result["scores"].cpu(), labels=result["labels"].cpu(),
-                                 masks=result["masks"].cpu() if "masks" in result else None)
+                result = {key: value.cpu() for key, value in result.items()}
+                evaluator.update(image_id=int(target["image_id"]), boxes=result["boxes"], scores=result["scores"],
+                                 labels=result["labels"], masks=result.get("masks"))
+                if len(shown) < self.cfg.train.eval_images:
+                    shown.append((int(target["image_id"]), result))
         model.train(was_training)
+        if out_dir is not None and dist.is_main:
+            self._draw(shown, out_dir=Path(out_dir))
         evaluator.merge(dist)
         return evaluator.evaluate(out_dir=out_dir if dist.is_main else None)

@@ -23,8 +23,12 @@ def train_loader(dataset: Dataset, transform, *, cfg: DictConfig, dist: DistInfo
 
 def val_loader(dataset: Dataset, transform, *, cfg: DictConfig, dist: DistInfo,
                collate_fn=collate_classification, joint: bool = False) -> DataLoader:
-    """This process's shard of the evaluation set."""
+    """This process's shard of the evaluation set, whose files (if the dataset can check them,
+    ``check_files``) are checked first."""
     d = cfg.data
+    check_files = getattr(dataset, "check_files", None)
+    if check_files is not None:
+        check_files()
     sampler = ShardSampler(len(dataset), rank=dist.rank, world_size=dist.world_size)
     return build_loader(SeededSamples(dataset, transform, joint=joint), sampler, batch_size=d.batch_size,
                         num_workers=d.num_workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available())

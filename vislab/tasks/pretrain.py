@@ -135,7 +135,8 @@ class PretrainTask:
             totals += torch.stack((loss * len(labels), (predicted == labels).sum(), torch.tensor(len(labels))))
             if first_images is None:
                 first_images = images
-        if out_dir is not None and dist.is_main and first_images is not None and hasattr(model, "reconstruct"):
+        if (out_dir is not None and dist.is_main and first_images is not None and hasattr(model, "reconstruct")
+                and self.cfg.train.eval_images > 0):
             self._save_grid(model, first_images, out_dir)
         model.train(was_training)
         loss_sum, correct, count = all_reduce_sum(totals.cpu(), dist).tolist()
@@ -146,4 +147,4 @@ class PretrainTask:
         views = model.reconstruct(images, generator=generator)
         save_reconstruction_grid(Path(out_dir) / "reconstruction.png", originals=images, masked=views["masked"],
                                  reconstructions=views["reconstruction"], mean=self.cfg.data.mean,
-                                 std=self.cfg.data.std)
+                                 std=self.cfg.data.std, max_images=self.cfg.train.eval_images)

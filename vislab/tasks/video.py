@@ -46,7 +46,8 @@ def video_dataset(cfg: DictConfig, split: str) -> VideoListDataset:
                                        mean=d.mean, std=d.std) if train else eval_views_of(cfg))
     return VideoListDataset(list_file=paths[f"{split}_list"], root=paths["root"], train=train,
                             num_frames=d.num_frames, stride=d.frame_stride, transform=transform,
-                            num_clips=1 if train else d.test_clips, skip_bad=d.skip_bad)
+                            num_clips=1 if train else d.test_clips, skip_bad=d.skip_bad,
+                            num_classes=cfg.model.get("num_classes"))
 
 
 class VideoTask:
@@ -73,7 +74,7 @@ class VideoTask:
 
     def build_model(self) -> nn.Module:
         model = create_model(self.cfg.model.name, num_classes=self.num_classes, **model_kwargs(self.cfg))
-        return load_initial_weights(model, self.cfg)
+        return load_initial_weights(model, self.cfg, classes=self.classes)
 
     def metadata(self) -> dict:
         return {"classes": self.classes}

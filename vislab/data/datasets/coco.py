@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from vislab.data.datasets.image_folder import DataError, read_rgb
+from vislab.data.file_checks import check_images
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
@@ -81,9 +83,24 @@ def _check_annotations(coco: COCO, *, path: Path, masks: bool) -> None:
                             f"(categories: {sorted(coco.cats)})")
         if ann["image_id"] not in coco.imgs:
             raise DataError(f"annotation {ann['id']} in {path} refers to unknown image id {ann['image_id']}")
-        if ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0:
-            raise DataError(f"annotation {ann['id']} in {path} has a box of non-positive width or height: "
-                            f"bbox {ann['bbox']} (x, y, w, h)")
+        _check_box(ann, image=coco.imgs[ann["image_id"]], path=path)
+
+
+def _check_box(ann: dict, *, image: dict, path: Path) -> None:
+    """A COCO box is four finite numbers (x, y, w, h) with a positive size that overlap the image."""
+    box = ann["bbox"]
+    where = f"annotation {ann['id']} in {path}"
+    if (not isinstance(box, list) or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+        raise DataError(f"{where} has bbox {box!r}: expected four numbers x, y, w, h")
+    if not all(math.isfinite(v) for v in box):
+        raise DataError(f"{where} has a bbox with a non-finite coordinate: {box}")
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        raise DataError(f"{where} has a box of non-positive width or height: bbox {box} (x, y, w, h)")
+    if x >= image["width"] or y >= image["height"] or x + w <= 0 or y + h <= 0:
+        raise DataError(f"{where} has a box entirely outside its {image['width']}x{image['height']} image "
+                        f"{image['id']}: bbox {box} (x, y, w, h)")
 
 
 def _check_image_files(coco: COCO, *, images_dir: Path, path: Path) -> None:
@@ -124,6 +141,13 @@ class CocoDetection(Dataset):
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def check_files(self) -> None:
+        """Every image's header, and its size against the annotation file's (``file_checks``)."""
+        infos = [self.coco.imgs[image_id] for image_id in self.image_ids]
+        paths = [self.images_dir / info["file_name"] for info in infos]
+        check_images(paths, what=str(self.annotation_file), skip_bad=False, claimed_by=str(self.annotation_file),
+                     claimed_sizes={str(p): (info["width"], info["height"]) for p, info in zip(paths, infos)})
 
     def __getitem__(self, index: int) -> tuple:
         image_id = self.image_ids[index]

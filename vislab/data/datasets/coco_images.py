@@ -19,6 +19,7 @@ class CocoImages(Dataset):
 
     def __init__(self, *, images_dir: str | os.PathLike, annotations: str | os.PathLike):
         detection = CocoDetection(images_dir=images_dir, annotations=annotations, train=True, masks=False)
+        self._detection = detection
         coco = detection.coco
         self.classes = detection.classes
         label_of = {category: label for label, category in enumerate(detection.category_ids)}
@@ -30,6 +31,9 @@ class CocoImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def check_files(self) -> None:
+        self._detection.check_files()
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         return read_rgb(self.paths[index]), self.labels[index]

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vislab.data.datasets.image_folder import DataError
-from vislab.data.video.decode import VideoDecodeError, VideoReader
+from vislab.data.file_checks import report_bad_files
+from vislab.data.video.decode import VideoDecodeError, VideoReader, video_frame_count
 from vislab.data.video.lists import read_video_list
 from vislab.data.video.sampling import test_clip_indices, train_clip_indices
 
@@ -24,19 +25,23 @@ class VideoListDataset(Dataset):
 
     The dataset samples and transforms clips itself with torch's default generator: wrap it in
     ``SeededSamples(dataset, None)``, which reads it under the per-sample seed. ``classes`` are
-    the lines of ``root/classes.txt`` if it exists, else the label ids as strings. With
+    the lines of ``root/classes.txt`` if it exists, else the label ids as strings; a label beyond
+    them or ``num_classes`` is an error naming its line. With
     ``skip_bad`` an undecodable video yields None and counts in ``skipped`` (in the process that
     read it: with loader workers, count the None samples instead); otherwise it raises
     ``VideoDecodeError`` naming the file.
     """
 
     def __init__(self, *, list_file: str | os.PathLike, root: str | os.PathLike, train: bool, num_frames: int,
-                 stride: int, transform: Callable, num_clips: int = 1, skip_bad: bool = False):
+                 stride: int, transform: Callable, num_clips: int = 1, skip_bad: bool = False,
+                 num_classes: int | None = None):
         if train and num_clips != 1:
             raise ValueError(f"training samples one clip per video; num_clips={num_clips} is for evaluation")
-        self.samples = read_video_list(list_file, root=root)
+        names = _class_names(Path(root))
+        bounds = [n for n in (num_classes, len(names) if names else None) if n]
+        self.samples = read_video_list(list_file, root=root, num_labels=min(bounds) if bounds else None)
         self.labels = [label for _, label in self.samples]
-        self.classes = _class_names(Path(root), num_labels=max(self.labels) + 1)
+        self.classes = names or [str(label) for label in range(max(self.labels) + 1)]
         self.train = train
         self.num_frames = num_frames
         self.stride = stride
@@ -47,6 +52,16 @@ class VideoListDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def check_files(self) -> None:
+        """Every video's container and frame count, before a run relies on them."""
+        problems = []
+        for path, _ in self.samples:
+            try:
+                video_frame_count(path)
+            except VideoDecodeError as exc:
+                problems.append(str(exc))
+        report_bad_files(problems, what="video", skip_bad=self.skip_bad, error=VideoDecodeError)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[index]
@@ -71,11 +86,9 @@ class VideoListDataset(Dataset):
             return video.frames([i for indices in test_clip_indices(**clip, num_clips=self.num_clips) for i in indices])
 
 
-def _class_names(root: Path, *, num_labels: int) -> list[str]:
+def _class_names(root: Path) -> list[str] | None:
+    """The lines of ``root/classes.txt``, or None without one."""
     names_file = root / CLASS_NAMES_FILE
     if not names_file.is_file():
-        return [str(label) for label in range(num_labels)]
-    names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
-    if len(names) < num_labels:
-        raise DataError(f"{names_file} names {len(names)} classes but the list uses label {num_labels - 1}")
-    return names
+        return None
+    return [line.strip() for line in names_file.read_text().splitlines() if line.strip()]

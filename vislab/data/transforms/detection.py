@@ -6,11 +6,13 @@ Training: multi-scale training, one shorter side drawn per image with the longer
 Copy-Paste"; the ViTDet recipe, Li et al., 2022): resize to fit ``lsj_size * scale`` with
 scale ~ U(lsj_scale), crop a random window of at most ``lsj_size`` square and pad it to
 ``lsj_size`` square. Then a horizontal flip, and boxes that became degenerate are dropped with
-their labels and masks. Evaluation: one deterministic shorter-side resize. All random draws
+their labels and masks. Evaluation: one deterministic shorter-side resize. Before any resize, an
+image too thin to keep a row or column is padded (``PadThinImage``). All random draws
 come from torch's default generator, which ``SeededSamples`` seeds per sample.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -65,6 +67,27 @@ class RecomputeBoxes:
         return image, {**target, "boxes": tv_tensors.wrap(boxes, like=target["boxes"])}
 
 
+class PadThinImage(v2.Transform):
+    """Pad an image so thin that resizing its longer side to ``min_long_side`` would leave its
+    shorter side under one pixel (a 2000 x 1 strip at 1333 pixels), at the bottom or right, so
+    that the resize gives at least one pixel; other images pass unchanged. Boxes and masks keep
+    their coordinates."""
+
+    def __init__(self, *, min_long_side: int):
+        super().__init__()
+        self.min_long_side = min_long_side
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        least = math.ceil(max(height, width) / self.min_long_side)
+        return {"padding": [0, 0, max(0, least - width), max(0, least - height)]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not any(params["padding"]):
+            return inpt
+        return self._call_kernel(F.pad, inpt, padding=params["padding"], fill=0)
+
+
 def _normalise(mean: Sequence[float], std: Sequence[float]) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
@@ -73,9 +96,10 @@ def detection_train_transform(*, min_sizes: Sequence[int], max_size: int, hflip:
                               lsj_scale: Sequence[float], mean: Sequence[float],
                               std: Sequence[float]) -> v2.Compose:
     if lsj_size is None:
-        resize = [v2.RandomShortestSize(min_size=list(min_sizes), max_size=max_size)]
+        resize = [PadThinImage(min_long_side=max_size), v2.RandomShortestSize(min_size=list(min_sizes), max_size=max_size)]
     else:
-        resize = [v2.ScaleJitter(target_size=(lsj_size, lsj_size), scale_range=tuple(lsj_scale))]
+        resize = [PadThinImage(min_long_side=int(lsj_size * lsj_scale[0])),
+                  v2.ScaleJitter(target_size=(lsj_size, lsj_size), scale_range=tuple(lsj_scale))]
     steps = [v2.ToImage(), *resize, *([v2.RandomHorizontalFlip()] if hflip else []), *_normalise(mean, std)]
     if lsj_size is not None:
         steps += [FixedSizeCrop(size=lsj_size), RecomputeBoxes()]
@@ -87,4 +111,4 @@ def detection_eval_transform(*, min_size: int, max_size: int, mean: Sequence[flo
     """Shorter side ``min_size``, longer side at most ``max_size``. With ``max_size <= min_size``
     (ViTDet evaluates at 1024, 1024) the longer side decides alone, which v2.Resize takes as size None."""
     resize = v2.Resize(min_size, max_size=max_size) if max_size > min_size else v2.Resize(None, max_size=max_size)
-    return v2.Compose([v2.ToImage(), resize, *_normalise(mean, std)])
+    return v2.Compose([v2.ToImage(), PadThinImage(min_long_side=max_size), resize, *_normalise(mean, std)])

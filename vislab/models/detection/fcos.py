@@ -20,11 +20,12 @@ from typing import Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import clip_boxes_to_image, generalized_box_iou_loss, sigmoid_focal_loss
 
 from vislab.layers import get_norm
 from vislab.models.detection.anchors import AnchorGenerator
 from vislab.models.detection.detector import PyramidDetector, default_image_sizes
+from vislab.models.detection.nms import batched_nms
 
 PRIOR_PROBABILITY = 0.01  # the classifier's initial foreground probability (RetinaNet, section 4.1)
 

@@ -12,11 +12,12 @@ from typing import Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
+from torchvision.ops import box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
 
 from vislab.models.detection.box_coder import BoxCoder
 from vislab.models.detection.heads import BoxHead, BoxPredictor, MaskHead
 from vislab.models.detection.matcher import Matcher, sample_labels
+from vislab.models.detection.nms import batched_nms
 from vislab.models.detection.pooler import MultiLevelRoIAlign
 
 

@@ -61,7 +61,15 @@ def check_images(paths: Iterable[str | os.PathLike], *, what: str, skip_bad: boo
             problems.append(str(exc))
             continue
         claimed = (claimed_sizes or {}).get(str(path))
-        if claimed is not None and size != claimed:
-            raise DataError(f"image {path} is {size[0]}x{size[1]} pixels but {claimed_by} says "
-                            f"{claimed[0]}x{claimed[1]}")
+        if claimed is not None:
+            check_claimed_size(path, size=size, claimed=claimed, claimed_by=claimed_by)
     report_bad_files(problems, what=what, skip_bad=skip_bad)
+
+
+def check_claimed_size(path: str | os.PathLike, *, size: tuple[int, int], claimed: tuple[int, int],
+                       claimed_by: str) -> None:
+    """An image whose ``(width, height)`` is not what ``claimed_by`` (an annotation file) says
+    would get misplaced boxes: an error naming both."""
+    if size != claimed:
+        raise DataError(f"image {path} is {size[0]}x{size[1]} pixels but {claimed_by} says "
+                        f"{claimed[0]}x{claimed[1]}")

@@ -124,7 +124,7 @@ class CheckpointDir:
             shutil.rmtree(folder)
         return stale
 
-    def newest_valid(self) -> Path:
+    def load_newest_valid(self) -> Checkpoint:
         """The ``last`` checkpoint if it loads, else the newest older one that does, with a
         warning naming what was passed over; an error naming each failure if none loads."""
         last = self.pointer(LAST)
@@ -133,14 +133,14 @@ class CheckpointDir:
             [f"{self.root / LAST} names {(self.root / LAST).read_text().strip()!r}, which is missing"]
         for folder in candidates:
             try:
-                load_checkpoint(folder)
+                loaded = load_checkpoint(folder)
             except CheckpointError as exc:
                 passed_over.append(str(exc))
                 continue
             if passed_over:
                 warnings.warn(f"resuming from {folder}, the newest checkpoint that loads; passed over: "
                               f"{'; '.join(passed_over)}", stacklevel=2)
-            return folder
+            return loaded
         raise CheckpointError(f"no checkpoint in {self.root} loads: {'; '.join(passed_over) or 'there is none'}")
 
     def prune(self, *, keep_last: int) -> None:
@@ -152,20 +152,29 @@ class CheckpointDir:
                 shutil.rmtree(old)
 
 
-def resumable_checkpoint(path: str | Path) -> Path:
-    """The checkpoint to resume from ``path``: a checkpoint folder (or a file in one) as it is, a
-    run or ``checkpoints/`` folder its newest checkpoint that loads (``CheckpointDir.newest_valid``)."""
+def find_resumable(path: str | Path) -> Path:
+    """Where resuming from ``path`` reads: a checkpoint folder (``path``, or the folder of a file in
+    it), or the ``checkpoints/`` folder of a run. Nothing is loaded, so a wrong path is an error
+    before the run starts; ``load_resumable`` reads it."""
     path = Path(path)
     if path.is_file() and path.name in (MODEL_FILE, STATE_FILE):
         path = path.parent
     if (path / STATE_FILE).is_file():
         return path
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    folder = CheckpointDir(root)
-    if not folder.saved() and not (root / LAST).exists():
+    if not CheckpointDir(root).saved() and not (root / LAST).exists():
         raise CheckpointError(f"no checkpoint at {path} (expected a folder with {STATE_FILE}, "
                               f"or a run folder with checkpoints/)")
-    return folder.newest_valid()
+    return root
+
+
+def load_resumable(path: str | Path) -> Checkpoint:
+    """The checkpoint to resume from ``path`` (``find_resumable``): a checkpoint folder as it is,
+    from a run or ``checkpoints/`` folder the newest checkpoint that loads, read once."""
+    source = find_resumable(path)
+    if (source / STATE_FILE).is_file():
+        return load_checkpoint(source)
+    return CheckpointDir(source).load_newest_valid()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

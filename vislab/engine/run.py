@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from vislab.config import to_yaml
-from vislab.engine.checkpoint import CheckpointDir, resumable_checkpoint
+from vislab.engine.checkpoint import STATE_FILE, CheckpointDir, find_resumable
 from vislab.engine.distributed import DistInfo, broadcast_object, init_distributed, resolve_device, shutdown
 from vislab.engine.trainer import Trainer
 from vislab.tasks import build_task
@@ -62,14 +62,15 @@ def _check_writable_folder(run_dir: Path) -> None:
 
 
 def prepare_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
-    """The run folder and the checkpoint to resume from (None for a fresh run). A fresh run's
-    folder is created here, atomically; a folder holding an earlier run is refused."""
+    """The run folder and where to resume from (``find_resumable``; None for a fresh run). A fresh
+    run's folder is created here, atomically; a folder holding an earlier run is refused."""
     recipe = cfg.recipe or "run"
     if isinstance(cfg.resume, str):
-        checkpoint = resumable_checkpoint(cfg.resume)
-        run_dir = Path(cfg.output_dir) if cfg.output_dir else checkpoint.parent.parent
+        source = find_resumable(cfg.resume)
+        run_of_source = source.parent.parent if (source / STATE_FILE).is_file() else source.parent
+        run_dir = Path(cfg.output_dir) if cfg.output_dir else run_of_source
         _check_writable_folder(run_dir)
-        return run_dir, checkpoint
+        return run_dir, source
     if cfg.resume:
         run_dir = Path(cfg.output_dir) if cfg.output_dir else _newest_run(recipe)
         if run_dir is None or not (run_dir / "checkpoints").is_dir():
@@ -77,7 +78,7 @@ def prepare_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
             raise RunDirError(f"resume=true but {where} holds no checkpoint to resume; "
                               f"start without resume")
         _check_writable_folder(run_dir)
-        return run_dir, resumable_checkpoint(run_dir)
+        return run_dir, find_resumable(run_dir)
     if not cfg.output_dir:
         return _create_new_folder(RUNS_ROOT / recipe / time.strftime("%Y%m%d-%H%M%S")), None
     run_dir = Path(cfg.output_dir)

@@ -288,7 +288,9 @@ class Trainer:
         return self._new_best and self.last_eval is not None and self.last_eval["epoch"] == self.epoch
 
     def resume_from(self, path: str | Path) -> Path:
-        loaded = ckpt.load_checkpoint(path)
+        """Continue from the checkpoint ``path`` names (``checkpoint.load_resumable``: a run folder's
+        newest checkpoint that loads); returns the checkpoint folder."""
+        loaded = ckpt.load_resumable(path)
         saved = OmegaConf.create(loaded.state["config"])
         changed = [f"{key} (checkpoint {OmegaConf.select(saved, key)!r}, now {OmegaConf.select(self.cfg, key)!r})"
                    for key in RESUME_FIXED_KEYS if OmegaConf.select(saved, key) != OmegaConf.select(self.cfg, key)]

@@ -25,7 +25,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from vislab.data.datasets.image_folder import DataError, read_rgb
-from vislab.data.file_checks import check_images
+from vislab.data.file_checks import check_claimed_size, check_images
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
@@ -155,9 +155,8 @@ class CocoDetection(Dataset):
         path = self.images_dir / info["file_name"]
         image = read_rgb(path)
         height, width = image.height, image.width
-        if (height, width) != (info["height"], info["width"]):
-            raise DataError(f"image {path} is {width}x{height} pixels but {self.annotation_file} says "
-                            f"{info['width']}x{info['height']}")
+        check_claimed_size(path, size=(width, height), claimed=(info["width"], info["height"]),
+                           claimed_by=str(self.annotation_file))
         annotations = self._annotations(image_id)
         xywh = torch.tensor([ann["bbox"] for ann in annotations], dtype=torch.float32).reshape(-1, 4)
         boxes = tv_tensors.BoundingBoxes(xywh, format="XYWH", canvas_size=(height, width))

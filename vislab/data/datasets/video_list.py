@@ -8,7 +8,6 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from vislab.data.datasets.image_folder import DataError
 from vislab.data.file_checks import report_bad_files
 from vislab.data.video.decode import VideoDecodeError, VideoReader, video_frame_count
 from vislab.data.video.lists import read_video_list

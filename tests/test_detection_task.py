@@ -109,3 +109,16 @@ def test_torchvision_detector_converts_with_its_numerics(tmp_path):
     _, metadata = read_weights(tmp_path / "converted.safetensors")
     assert metadata["options"] == {"round_anchors": True, "roi_aligned": False, "roi_sampling_ratio": 2}
     assert metadata["num_classes"] == 90
+
+
+def test_max_train_samples_trains_on_a_nested_fraction_of_the_set(trained_run):
+    from vislab.engine.distributed import DistInfo
+    from vislab.tasks import build_task
+
+    shapes_root = trained_run[0] / "shapes"
+    sizes = {}
+    for count in (3, 5):
+        cfg = load_config(None, [*TINY_SHAPES, f"data.root={shapes_root}", f"data.max_train_samples={count}"])
+        loader, _ = build_task(cfg).build_train_loader(DistInfo(rank=0, world_size=1, local_rank=0))
+        sizes[count] = set(loader.dataset.dataset.indices)  # SeededSamples over the subset
+    assert len(sizes[3]) == 3 and len(sizes[5]) == 5 and sizes[3] < sizes[5]

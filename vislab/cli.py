@@ -1,4 +1,4 @@
-"""The ``vislab`` command: train, eval, predict, models, flops, convert, data."""
+"""The ``vislab`` command: train, eval, predict, models, flops, convert, export, data, study."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,10 @@ EXAMPLES = {
     "convert": "vislab convert --from torchvision --model resnet50 resnet50-0676ba61.pth resnet50.safetensors",
     "export": "vislab export runs/digits/20260101-120000 --format onnx --out digits.onnx --input 3x32x32",
     "data": "vislab data shapes --out data/shapes --train 600 --val 100 --seed 0",
+    "study": """\
+        vislab study configs/studies/gn_vs_bn_batch.yaml --dry-run
+        vislab study configs/studies/data_scaling.yaml --jobs 2
+        vislab study configs/studies/invariance.yaml --report-only""",
 }
 
 
@@ -70,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="multiplications, additions and estimated energy per kind of layer")
     p.add_argument("--mul-pj", type=float, help="energy of one multiplication in pJ (default 3.7, fp32 at 45 nm)")
     p.add_argument("--add-pj", type=float, help="energy of one addition in pJ (default 0.9)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="conv=ift / linear=ift: the training batch the transform's overhead is counted at")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="model options, e.g. norm=GN")
 
     p = add("convert", "Convert weights from another codebase into vislab safetensors.")
@@ -101,7 +107,37 @@ def _parser() -> argparse.ArgumentParser:
     moving.add_argument("--train", type=int, default=800, help="training videos")
     moving.add_argument("--val", type=int, default=160, help="validation videos")
     moving.add_argument("--seed", type=int, default=0)
+    p = add("study", "Run a study: every member of a grid of overrides and seeds as its own run (finished "
+                     "members skipped, interrupted ones resumed), then its table, plot and fits.")
+    p.add_argument("study", help="study YAML file")
+    p.add_argument("--out", help="the study's folder (default: runs/studies/<name>)")
+    p.add_argument("--dry-run", action="store_true", help="print one line per member and run nothing")
+    p.add_argument("--jobs", type=int, default=1, help="members run at the same time (each gets a share of the CPU threads)")
+    p.add_argument("--nproc-per-node", type=int, default=1, help="run each member through torchrun with this many processes")
+    p.add_argument("--report-only", action="store_true", help="only write the report from the members that finished")
     return parser
+
+
+def _cmd_study(args) -> int:
+    from vislab.studies import load_study, run_study, study_folder, write_report
+    from vislab.studies.runner import describe
+
+    study = load_study(args.study)
+    study_dir = Path(args.out) if args.out else study_folder(study)
+    if args.dry_run:
+        print(f"study {study.name}: {len(study.members)} members in {study_dir}")
+        print("\n".join(describe(study, study_dir, nproc_per_node=args.nproc_per_node)))
+        return 0
+    if args.jobs < 1 or args.nproc_per_node < 1:
+        raise ValueError("--jobs and --nproc-per-node must be at least 1")
+    results = None
+    if not args.report_only:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        results = run_study(study, study_dir, jobs=args.jobs, nproc_per_node=args.nproc_per_node,
+                            report=lambda line: print(line, flush=True))
+    print(write_report(study, study_dir, results))
+    print(f"report: {study_dir / 'study.md'}")
+    return 1 if any(r.status == "failed" for r in results or []) else 0
 
 
 def _cmd_train(args) -> int:
@@ -260,6 +296,7 @@ def _cmd_export(args) -> int:
 def _cmd_flops(args) -> int:
     from vislab.config import parse_overrides
     from vislab.models import model_info
+    from vislab.models.info import invariance_overhead
     from vislab.models.registry import get_entry
 
     size = _input_shape(args)
@@ -272,6 +309,12 @@ def _cmd_flops(args) -> int:
              + (f", {ref['gmacs']} GMACs" if ref.get("gmacs") else "")
              + f" at {'x'.join(map(str, get_entry(args.name).input_size))}, {get_entry(args.name).num_classes} classes)"
              if ref.get("params") else ""))
+    overhead = invariance_overhead(args.name, input_size=size, batch_size=args.batch_size,
+                                   **parse_overrides(args.overrides))
+    if overhead is not None:
+        print(f"invariance transform: {overhead['gmacs']:.3f} GMACs per input in a training forward at batch "
+              f"{overhead['batch_size']} against {overhead['plain_gmacs']:.3f} with plain layers "
+              f"(+{overhead['overhead']:.1%})")
     if args.energy:
         from vislab.models.complexity import ADDITION_PJ, MULTIPLICATION_PJ, energy_mj
 
@@ -333,7 +376,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "models": _cmd_models,
-            "flops": _cmd_flops, "convert": _cmd_convert, "export": _cmd_export, "data": _cmd_data}
+            "flops": _cmd_flops, "convert": _cmd_convert, "export": _cmd_export, "data": _cmd_data,
+            "study": _cmd_study}
 
 
 def main(argv: list[str] | None = None) -> int:

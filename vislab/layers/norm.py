@@ -1,8 +1,8 @@
 """Normalisation layers chosen by name.
 
 Every model asks ``get_norm(name, channels)`` for its norms, so a whole network switches between
-BatchNorm, SyncBatchNorm, frozen BatchNorm, GroupNorm (Wu & He, 2018) and channels-first
-LayerNorm with one argument (the pattern of detectron2's ``get_norm``).
+BatchNorm, SyncBatchNorm, frozen BatchNorm, GroupNorm (Wu & He, 2018), channels-first
+LayerNorm and InstanceNorm with one argument (the pattern of detectron2's ``get_norm``).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-NORM_NAMES = ("BN", "SyncBN", "FrozenBN", "GN", "LN", "none")
+NORM_NAMES = ("BN", "SyncBN", "FrozenBN", "GN", "LN", "IN", "none")
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -102,4 +102,7 @@ def get_norm(name: str | None, num_channels: int, *, groups: int = 32, dims: int
         if dims != 2:
             raise ValueError(f"norm=LN is channels-first LayerNorm of 2-D maps; it has no {dims}-D form")
         return LayerNorm2d(num_channels, eps=1e-6)
+    if name == "IN":
+        # Instance Norm is GroupNorm with one channel per group (GN paper, section 3.1, figure 2)
+        return nn.GroupNorm(num_channels, num_channels)
     raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORM_NAMES)}")

@@ -34,11 +34,12 @@ OPERATOR_KINDS = {"convolution": "conv", "mm": "linear / matmul", "addmm": "line
 MULTIPLICATION_PJ, ADDITION_PJ = 3.7, 0.9  # fp32, 45 nm (Horowitz, 2014; Adder FCOS section 3.3)
 
 
-def operation_counts(model: nn.Module, input_size: Sequence[int], *,
-                     batch_size: int = 1) -> dict[str, dict[str, float]]:
+def operation_counts(model: nn.Module, input_size: Sequence[int], *, batch_size: int = 1,
+                     training: bool = False) -> dict[str, dict[str, float]]:
     """Per kind of layer (conv, linear / matmul, attention, adder), its multiply-adds, and the
     multiplications and additions they take, in 1e9 per input of ``input_size`` (a model taking
-    several views of an image, such as MoCo, gets ``views_per_image`` of them)."""
+    several views of an image, such as MoCo, gets ``views_per_image`` of them). ``training``
+    counts a training-mode forward (layers that compute batch statistics count them)."""
     device = next(model.parameters()).device
     x = torch.zeros(batch_size, *input_size, device=device)
     views = getattr(model, "views_per_image", 1)
@@ -50,7 +51,7 @@ def operation_counts(model: nn.Module, input_size: Sequence[int], *,
 
     hooks = [m.register_forward_hook(count_adder) for m in model.modules() if isinstance(m, ADDER_LAYERS)]
     was_training = model.training
-    model.eval()
+    model.train(training)
     counter = FlopCounterMode(display=False)
     forward = getattr(model, "dense_forward", model)
     try:

@@ -45,3 +45,28 @@ def model_info(name: str, *, input_size: Sequence[int] | None = None, **override
         "reference": None if ref is None else {"params": ref.params, "gmacs": ref.gmacs, "top1": ref.top1,
                                                "box_ap": ref.box_ap, "mask_ap": ref.mask_ap, "source": ref.source},
     }
+
+
+# the options that switch a model to the invariance feature transform, and their plain values
+INVARIANCE_OPTIONS = {"conv": "conv", "linear": "linear"}
+
+
+def invariance_overhead(name: str, *, input_size: Sequence[int] | None = None, batch_size: int = 32,
+                        **overrides: Any) -> dict[str, Any] | None:
+    """What the invariance feature transform adds to a training forward pass (batch covariances,
+    Newton-Schulz iterations, folding, patch RMS): GMACs per input of the model as configured
+    against the same model with plain layers, at ``batch_size`` (the statistics' cost per input
+    falls with the batch). None when the options do not ask for the transform."""
+    plain = {k: INVARIANCE_OPTIONS[k] if k in INVARIANCE_OPTIONS and v == "ift" else v for k, v in overrides.items()}
+    if plain == overrides:
+        return None
+    size = tuple(input_size) if input_size is not None else get_entry(name).input_size
+
+    def training_gmacs(options: dict[str, Any]) -> float:
+        model = on_meta(lambda: create_model(name, **options))
+        counts = operation_counts(model, size, batch_size=batch_size, training=True)
+        return sum(c["macs"] for c in counts.values())
+
+    with_transform, without = training_gmacs(overrides), training_gmacs(plain)
+    return {"batch_size": batch_size, "gmacs": with_transform, "plain_gmacs": without,
+            "overhead": with_transform / without - 1.0}

@@ -8,9 +8,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from vislab.config import model_kwargs
+from vislab.data.subsets import fixed_order, limit, subset_of
 from vislab.data.datasets.coco_images import CocoImages
 from vislab.data.datasets.digits import DigitsDataset
 from vislab.data.datasets.image_folder import DataError, ImageFolderDataset
@@ -51,32 +52,12 @@ def eval_transform_from(cfg: DictConfig):
     return val_transform(image_size=d.image_size, resize=d.val_resize, mean=d.mean, std=d.std)
 
 
-def _fixed_order(n: int) -> list[int]:
-    """One permutation of the dataset, the same in every run, that subsets are cut from."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
-
-
-def _subset(dataset: Dataset, indices: list[int]) -> Dataset:
-    subset = Subset(dataset, sorted(indices))
-    subset.classes = dataset.classes
-    subset.labels = [dataset.labels[i] for i in subset.indices]
-    return subset
-
-
-def limit(dataset: Dataset, max_samples: int | None) -> Dataset:
-    """A fixed subset of ``max_samples``: the first of one fixed permutation, so a smaller
-    subset is always contained in a larger one (as data-scaling studies need)."""
-    if max_samples is None or max_samples >= len(dataset):
-        return dataset
-    return _subset(dataset, _fixed_order(len(dataset))[:max_samples])
-
-
 def few_shot(dataset: Dataset, examples_per_class: int | None) -> Dataset:
     """The first ``examples_per_class`` images of each class in one fixed permutation."""
     if examples_per_class is None:
         return dataset
     chosen: dict[int, list[int]] = {}
-    for index in _fixed_order(len(dataset)):
+    for index in fixed_order(len(dataset)):
         picks = chosen.setdefault(dataset.labels[index], [])
         if len(picks) < examples_per_class:
             picks.append(index)
@@ -84,7 +65,7 @@ def few_shot(dataset: Dataset, examples_per_class: int | None) -> Dataset:
     if short:
         raise ValueError(f"data.examples_per_class={examples_per_class}, but some classes have "
                          f"fewer training images: {short}")
-    return _subset(dataset, [i for picks in chosen.values() for i in picks])
+    return subset_of(dataset, [i for picks in chosen.values() for i in picks])
 
 
 def typical_image_area(dataset: Dataset, *, probes: int = 8) -> int:

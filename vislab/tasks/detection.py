@@ -14,6 +14,7 @@ from vislab.data.datasets.coco import CocoDetection
 from vislab.data.datasets.image_folder import read_rgb
 from vislab.data.datasets.shapes import ensure_shapes
 from vislab.data.loader import collate_detection
+from vislab.data.subsets import limit
 from vislab.data.transforms.detection import detection_eval_transform, detection_train_transform
 from vislab.engine.distributed import DistInfo
 from vislab.evaluation.coco import CocoEvaluator
@@ -115,7 +116,8 @@ class DetectionTask:
                              f"{self.train_set.classes} vs {self.val_set.classes}")
         transform = detection_train_transform(min_sizes=d.min_sizes, max_size=d.max_size, hflip=d.hflip,
                                               lsj_size=d.lsj_size, lsj_scale=d.lsj_scale, mean=d.mean, std=d.std)
-        return train_loader(self.train_set, transform, cfg=self.cfg, dist=dist, collate_fn=self._collate(), joint=True)
+        images = limit(self.train_set, d.max_train_samples)  # fractions of the set for data-scaling studies
+        return train_loader(images, transform, cfg=self.cfg, dist=dist, collate_fn=self._collate(), joint=True)
 
     def build_val_loader(self, dist: DistInfo):
         return val_loader(self.val_set, eval_transform_of(self.cfg), cfg=self.cfg, dist=dist,

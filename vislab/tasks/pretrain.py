@@ -26,7 +26,8 @@ from vislab.evaluation.knn import knn_predict
 from vislab.models import create_model
 from vislab.ssl.augment import moco_transform
 from vislab.ssl.reconstruction_grid import save_reconstruction_grid
-from vislab.tasks.classification import build_dataset, eval_transform_from, limit
+from vislab.data.subsets import limit
+from vislab.tasks.classification import build_dataset, eval_transform_from
 from vislab.tasks.initial_weights import load_initial_weights
 from vislab.tasks.loaders import train_loader, val_loader
 

@@ -16,18 +16,24 @@ from torch import nn
 
 from vislab.layers import get_norm
 from vislab.layers.adder import ADDER_KINDS, AdderConv2d
+from vislab.layers.invariance import InvariantConv2d
 from vislab.models.backbones.stages import run_stages
 from vislab.models.shape_spec import ShapeSpec
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
 
-CONV_KINDS = ("conv", *ADDER_KINDS)
+CONV_KINDS = ("conv", "ift", *ADDER_KINDS)
 
 
 def conv2d(w_in: int, w_out: int, k: int, *, stride: int = 1, groups: int = 1, kind: str = "conv") -> nn.Module:
-    """A bias-free convolution with 'same' padding for odd kernels, or an adder layer (``kind``
-    "adder", or "adder_sign" for the sign input gradient of Adder FCOS)."""
+    """A bias-free convolution with 'same' padding for odd kernels, an adder layer (``kind``
+    "adder", or "adder_sign" for the sign input gradient of Adder FCOS), or a convolution with the
+    invariance feature transform ("ift"; with a bias, which carries the folded ``-W' mu``)."""
+    if kind == "ift":
+        if groups != 1:
+            raise ValueError("conv=ift supports ungrouped convolutions only (ResNets, not ResNeXts)")
+        return InvariantConv2d(w_in, w_out, k, stride=stride, padding=k // 2)
     if kind in ADDER_KINDS:
         return AdderConv2d(w_in, w_out, k, stride=stride, padding=k // 2, groups=groups, input_grad=ADDER_KINDS[kind])
     return nn.Conv2d(w_in, w_out, k, stride=stride, padding=k // 2, groups=groups, bias=False)
@@ -110,9 +116,9 @@ class ResNetStem(nn.Module):
     """7x7/2 conv + 3x3/2 max-pool (stride 4), or with ``small`` a 3x3/1 conv without pooling
     for 32x32 inputs such as CIFAR or the embedded digits."""
 
-    def __init__(self, w_in: int, w_out: int, *, norm: str, norm_groups: int, small: bool):
+    def __init__(self, w_in: int, w_out: int, *, norm: str, norm_groups: int, small: bool, conv: str = "conv"):
         super().__init__()
-        self.conv = conv2d(w_in, w_out, 3 if small else 7, stride=1 if small else 2)
+        self.conv = conv2d(w_in, w_out, 3 if small else 7, stride=1 if small else 2, kind=conv)
         self.norm = get_norm(norm, w_out, groups=norm_groups)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.Identity() if small else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -138,7 +144,8 @@ class ResNet(nn.Module):
         zero_init_residual: start each residual branch's last norm at zero scale, so every block
             is the identity at initialisation (Goyal et al., 2017, section 5.1).
         conv: "conv", or "adder" for AdderNet's adder layers in the residual stages ("adder_sign":
-            with the sign input gradient of Adder FCOS).
+            with the sign input gradient of Adder FCOS), or "ift" for the invariance feature
+            transform in every convolution (Ye et al., 2021; usually with ``norm="none"``).
     """
 
     def __init__(self, *, block: str, depths: Sequence[int], groups: int = 1,
@@ -156,7 +163,10 @@ class ResNet(nn.Module):
         self.stage_names = STAGE_NAMES[:len(depths)]
         base = int(round(64 * width))
         self.norm = norm
-        self.stem = ResNetStem(in_chans, base, norm=norm, norm_groups=norm_groups, small=small_stem)
+        # adder networks keep the stem's multiplications (AdderNet, section 4); the invariance
+        # transform applies to every convolution
+        self.stem = ResNetStem(in_chans, base, norm=norm, norm_groups=norm_groups, small=small_stem,
+                               conv="ift" if conv == "ift" else "conv")
         self._shapes: dict[str, ShapeSpec] = {}
         w_in, stride = base, self.stem.stride
         for index, (name, depth) in enumerate(zip(self.stage_names, depths)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Sequence
 
+from vislab.layers.invariance import invariant_linears
 from vislab.models.backbones.vit import VisionTransformer
 from vislab.models.classifier import ImageClassifier
 from vislab.models.registry_types import imagenet_classifier_entry
@@ -14,13 +15,19 @@ def vit_classifier(*, num_classes: int, patch_size: int, embed_dim: int, depth: 
                    global_pool: str = "token", pos_embed: str = "learned",
                    layer_scale_init: float | None = None, drop_path_rate: float = 0.0,
                    img_size: int | Sequence[int] = 224, out_blocks: Sequence[int] = (),
-                   in_chans: int = 3, dropout: float = 0.0, zero_init_head: bool = False) -> ImageClassifier:
-    """A ViT trunk (see ``VisionTransformer``) with a linear classifier on its pooled vector."""
+                   in_chans: int = 3, dropout: float = 0.0, zero_init_head: bool = False,
+                   linear: str = "linear") -> ImageClassifier:
+    """A ViT trunk (see ``VisionTransformer``) with a linear classifier on its pooled vector;
+    ``linear="ift"`` gives the blocks' projections the invariance feature transform (Ye et al., 2021)."""
+    if linear not in ("linear", "ift"):
+        raise ValueError(f"linear must be 'linear' or 'ift', got {linear!r}")
     backbone = VisionTransformer(patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                                  num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                                  class_token=class_token, global_pool=global_pool, pos_embed=pos_embed,
                                  layer_scale_init=layer_scale_init, drop_path_rate=drop_path_rate,
                                  img_size=img_size, out_blocks=out_blocks, in_chans=in_chans)
+    if linear == "ift":
+        invariant_linears(backbone.blocks)
     return ImageClassifier(backbone, num_classes=num_classes, dropout=dropout, zero_init_head=zero_init_head)
 
 

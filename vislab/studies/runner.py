@@ -1,0 +1,152 @@
+"""Run a study's members as ordinary ``vislab train`` runs, each in its own folder under the study's.
+
+A member's stage is skipped when its run folder holds ``summary.json`` (it finished), resumed when
+it holds checkpoints, and started afresh otherwise, so running a study again after a crash finishes
+it without redoing work. Each run is a subprocess (``python -m vislab train``, or torchrun with
+several processes) with its output in ``log.txt`` beside the run; a member that fails is reported
+with the end of its log and the others go on.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from collections import defaultdict
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from vislab.engine.run import RUN_FILES
+from vislab.studies.spec import Member, Study, resolve_stage_references
+
+LOG_NAME = "log.txt"
+LOG_TAIL_LINES = 15
+# one lock per run folder: members running in parallel wait for a shared stage another one runs
+_FOLDER_LOCKS: defaultdict[Path, threading.Lock] = defaultdict(threading.Lock)
+
+
+@dataclass
+class MemberResult:
+    member: Member
+    status: str  # done | skipped (finished earlier) | failed
+    folder: Path
+    message: str = ""
+
+
+def member_folder(study_dir: Path, member: Member) -> Path:
+    return study_dir / "members" / member.name
+
+
+def stage_folders(study_dir: Path, member: Member) -> dict[str, Path]:
+    """Each stage's run folder: the member's folder itself for a one-stage study; a shared stage's
+    is named by a digest of its recipe and overrides, under ``shared/``."""
+    folder = member_folder(study_dir, member)
+    if len(member.stages) == 1:
+        return {member.stages[0].name: folder}
+    folders = {}
+    for stage in member.stages:
+        if stage.shared:
+            digest = hashlib.sha1("\n".join([str(stage.recipe), *stage.overrides]).encode()).hexdigest()[:10]
+            folders[stage.name] = study_dir / "shared" / f"{stage.name}-{digest}"
+        else:
+            folders[stage.name] = folder / stage.name
+    return folders
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / "summary.json").is_file()
+
+
+def stage_command(stage_overrides: list[str], recipe: Path, run_dir: Path, *, nproc_per_node: int) -> list[str]:
+    """The ``vislab train`` command of one stage: resumed when its folder holds checkpoints."""
+    resume = ["resume=true"] if (run_dir / "checkpoints").is_dir() else []
+    train = ["-m", "vislab", "train", str(recipe), *stage_overrides, f"output_dir={run_dir}", *resume]
+    if nproc_per_node > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={nproc_per_node}", *train]
+    return [sys.executable, *train]
+
+
+def _clear_unresumable(run_dir: Path) -> None:
+    """A run that stopped before its first checkpoint left metrics but nothing to resume from:
+    start it again (a fresh run refuses a folder holding a run's files)."""
+    if run_dir.is_dir() and not (run_dir / "checkpoints").is_dir():
+        for name in RUN_FILES:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+
+def _log_tail(log: Path) -> str:
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+def run_member(study_dir: Path, member: Member, *, nproc_per_node: int = 1,
+               threads: int | None = None) -> MemberResult:
+    folders = stage_folders(study_dir, member)
+    if all(is_finished(folders[s.name]) for s in member.stages):
+        return MemberResult(member, "skipped", member_folder(study_dir, member))
+    env = dict(os.environ)
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)
+    for stage in member.stages:
+        run_dir = folders[stage.name]
+        with _FOLDER_LOCKS[run_dir.resolve()]:
+            if is_finished(run_dir):
+                continue
+            _clear_unresumable(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            overrides = [resolve_stage_references(o, {k: str(v) for k, v in folders.items()})
+                         for o in stage.overrides]
+            command = stage_command(overrides, stage.recipe, run_dir, nproc_per_node=nproc_per_node)
+            log = run_dir / LOG_NAME
+            with log.open("a") as out:
+                out.write("$ " + " ".join(command) + "\n")
+                out.flush()
+                code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+            if code != 0 or not is_finished(run_dir):
+                return MemberResult(member, "failed", run_dir,
+                                    f"stage {stage.name} exited with {code}; {log}:\n{_log_tail(log)}")
+    return MemberResult(member, "done", member_folder(study_dir, member))
+
+
+def describe(study: Study, study_dir: Path, *, nproc_per_node: int = 1) -> list[str]:
+    """One line per member (``--dry-run``): its state and each stage's command overrides."""
+    lines = []
+    for member in study.members:
+        folders = stage_folders(study_dir, member)
+        for stage in member.stages:
+            run_dir = folders[stage.name]
+            state = ("finished" if is_finished(run_dir) else
+                     "resume" if (run_dir / "checkpoints").is_dir() else "new")
+            overrides = [resolve_stage_references(o, {k: str(v) for k, v in folders.items()})
+                         for o in stage.overrides]
+            label = member.name if len(member.stages) == 1 else f"{member.name}/{stage.name}"
+            lines.append(f"{label} [{state}] {stage.recipe} {' '.join(overrides)}")
+    return lines
+
+
+def run_study(study: Study, study_dir: Path, *, jobs: int = 1, nproc_per_node: int = 1,
+              report=print) -> list[MemberResult]:
+    """Run every member (``jobs`` at a time), reporting each as it ends; failures do not stop the
+    others. With several jobs each gets an equal share of the CPU threads."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    total = len(study.members)
+
+    def one(indexed: tuple[int, Member]) -> MemberResult:
+        index, member = indexed
+        result = run_member(study_dir, member, nproc_per_node=nproc_per_node, threads=threads)
+        report(f"[{index + 1}/{total}] {member.name}: {result.status}"
+               + (f"\n{result.message}" if result.message else ""))
+        return result
+
+    if jobs <= 1:
+        return [one(item) for item in enumerate(study.members)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one, enumerate(study.members)))

@@ -35,7 +35,7 @@ def _study(tmp_path: Path, **changes) -> Path:
     study = {"name": "tiny", "recipe": "tiny.yaml", "overrides": ["train.epochs=1"],
              "axes": {"samples": {"key": "data.max_train_samples", "values": [16, 48]}},
              "seeds": [0], "metrics": ["val/top1", {"key": "val/top1", "name": "error", "scale": -100, "offset": 100}],
-             "plot": {"x": "samples", "y": "error", "log_x": True}}
+             "plot": {"x": "samples", "y": "error", "log_x": True}, "fits": {"x": "samples", "y": "error"}}
     study.update(changes)
     return _write(tmp_path / "study.yaml", study)
 
@@ -45,7 +45,7 @@ def test_members_are_the_grid_times_the_seeds(tmp_path):
         "norm": {"key": "model.norm", "values": ["GN", "BN"]},
         "batch": {"values": [{"label": 16, "set": {"data.batch_size": 16, "optim.lr": 0.002}},
                              {"label": 8, "set": {"data.batch_size": 8, "optim.lr": 0.001}}]}},
-        seeds=[0, 1], plot={"x": "batch", "y": "error", "lines": "norm"})
+        seeds=[0, 1], plot={"x": "batch", "y": "error", "lines": "norm"}, fits={})
     study = load_study(path)
     assert len(study.members) == 8 and study.axes == ("norm", "batch")
     member = study.members[3]  # GN, batch 8, seed 1
@@ -58,11 +58,13 @@ def test_members_are_the_grid_times_the_seeds(tmp_path):
 @pytest.mark.parametrize("change,message", [
     ({"colour": 1}, "unknown key 'colour'"),
     ({"metrics": []}, "metrics must be a non-empty list"),
-    ({"axes": {"n": {"values": [1, 2]}}, "plot": {}}, "axes.n: a plain value (1) needs the axis's key"),
-    ({"axes": {"n": {"key": "data.max_train_samples", "values": []}}, "plot": {}},
+    ({"axes": {"n": {"values": [1, 2]}}, "plot": {}, "fits": {}}, "axes.n: a plain value (1) needs the axis's key"),
+    ({"axes": {"n": {"key": "data.max_train_samples", "values": []}}, "plot": {}, "fits": {}},
      "axes.n.values must be a non-empty list"),
-    ({"axes": {"n": {"key": "optim.lrr", "values": [0.1]}}, "plot": {}}, "unknown config key 'optim.lrr'"),
+    ({"axes": {"n": {"key": "optim.lrr", "values": [0.1]}}, "plot": {}, "fits": {}},
+     "unknown config key 'optim.lrr'"),
     ({"plot": {"x": "size", "y": "error"}}, "plot.x='size' is not one of samples"),
+    ({"fits": {"x": "samples", "y": "top1"}}, "fits.y='top1' is not one of val/top1, error"),
     ({"metrics": [{"key": "val/top1", "reduce": "median"}]}, "metrics[0].reduce must be one of last, max, min"),
     ({"recipe": "missing.yaml"}, "stages[0].recipe"),
 ])
@@ -108,7 +110,11 @@ def test_study_runs_reports_skips_and_resumes(tmp_path, capsys):
     for row in rows:
         assert math.isclose(float(row["error"]), 100 - 100 * float(row["val/top1"]), abs_tol=1e-9)
     assert (out / "study.png").stat().st_size > 0
-    assert "| samples | val/top1 | error | seeds |" in (out / "study.md").read_text()
+    report = (out / "study.md").read_text()
+    assert "| samples | val/top1 | error | seeds |" in report
+    # two points: the log-linear fit is made (nothing held out), the power law is named as not fitted
+    assert json.loads((out / "fits.json").read_text())["error"][0]["kind"] == "log_linear"
+    assert "error: power_law not fitted: power_law needs at least 3 points" in report
     # finished members are skipped; one that lost its summary resumes from its checkpoint
     first = out / "members" / "samples-16_seed0"
     second = out / "members" / "samples-48_seed0"
@@ -124,13 +130,13 @@ def test_study_runs_reports_skips_and_resumes(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_failing_member_is_reported_and_the_others_run(tmp_path, capsys):
+def test_a_failing_member_is_reported_and_the_others_run_in_parallel(tmp_path, capsys):
     path = _study(tmp_path, axes={"root": {"values": [
         {"label": "good", "set": {"data.max_train_samples": 16}},
         {"label": "bad", "set": {"data.name": "image_folder", "data.root": str(tmp_path / "missing")}}]}},
-        plot={})
+        plot={}, fits={})
     out = tmp_path / "out"
-    assert main(["study", str(path), "--out", str(out)]) == 1
+    assert main(["study", str(path), "--out", str(out), "--jobs", "2"]) == 1
     printed = capsys.readouterr().out
     assert "root-good_seed0: done" in printed and "root-bad_seed0: failed" in printed
     assert "missing" in printed  # the end of the failed run's log

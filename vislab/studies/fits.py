@@ -26,6 +26,12 @@ class Fit:
     held_out_prediction: float | None = None
     held_out_error: float | None = None
 
+    def predict(self, n: np.ndarray) -> np.ndarray:
+        p = self.params
+        if self.kind == "log_linear":
+            return p["a"] + p["b"] * np.log10(n)
+        return p["c"] - p["a"] * np.power(n, -p["b"])
+
     def formula(self) -> str:
         p = self.params
         if self.kind == "log_linear":

@@ -7,6 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vislab.studies.collect import Group, group_rows, markdown_table, read_rows, write_csv
 from vislab.studies.fits import FIT_KINDS, Fit, fit_curve
 from vislab.studies.runner import MemberResult
@@ -36,7 +38,8 @@ def _series(study: Study, groups: list[Group], spec: dict[str, Any]) -> dict[str
     return {name: sorted(points) for name, points in series.items()}
 
 
-def draw_plot(study: Study, groups: list[Group], path: Path) -> None:
+def draw_plot(study: Study, groups: list[Group], path: Path, *, fits: dict[str, list[Fit]] | None = None) -> None:
+    """The metric against the swept axis, one line per variant; fitted curves dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +49,11 @@ def draw_plot(study: Study, groups: list[Group], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, points in _series(study, groups, spec).items():
         xs, means, stds = zip(*points)
-        ax.errorbar(xs, means, yerr=stds if any(stds) else None, marker="o", capsize=3, label=name)
+        line = ax.errorbar(xs, means, yerr=stds if any(stds) else None, marker="o", capsize=3, label=name)
+        for fit, style in zip((fits or {}).get(name, []), ("--", ":")):
+            grid = np.geomspace(min(xs), max(xs), 100)
+            ax.plot(grid, fit.predict(grid), style, color=line[0].get_color(), alpha=0.7,
+                    label=f"{name}: {fit.kind.replace('_', '-')} fit (R² {fit.r2:.2f})")
     if spec.get("log_x"):
         ax.set_xscale("log")
     if spec.get("log_y"):
@@ -91,14 +98,16 @@ def write_report(study: Study, study_dir: Path, results: list[MemberResult] | No
     write_csv(study, rows, study_dir / "study.csv")
     parts = [f"# Study: {study.name}", study.description.strip(),
              f"{len(rows)} of {len(study.members)} members finished.", markdown_table(study, groups)]
-    if study.plot and groups:
-        draw_plot(study, groups, study_dir / "study.png")
-        parts.append("![study](study.png)")
+    fits: dict[str, list[Fit]] = {}
     if study.fits and groups:
         fits, problems = compute_fits(study, groups)
         atomic_write_text(study_dir / "fits.json", json.dumps(
             {name: [asdict(f) for f in items] for name, items in fits.items()}, indent=2))
         parts += [f"Fits of {study.fits['y']} against {study.fits['x']}:", _fits_markdown(fits), *problems]
+    if study.plot and groups:
+        same_axes = study.fits and (study.fits["x"], study.fits["y"]) == (study.plot["x"], study.plot["y"])
+        draw_plot(study, groups, study_dir / "study.png", fits=fits if same_axes else None)
+        parts.insert(4, "![study](study.png)")
     failed = [r for r in results or [] if r.status == "failed"]
     if failed:
         parts.append("Failed members:\n" + "\n".join(f"- {r.member.name}: see {r.folder / 'log.txt'}" for r in failed))

@@ -137,3 +137,21 @@ def test_flops_reports_the_transforms_training_overhead(capsys):
     assert small["overhead"] > large["overhead"] > 0
     assert main(["flops", "resnet20", "--input", "3x32x32", "conv=ift", "norm=none"]) == 0
     assert "invariance transform:" in capsys.readouterr().out
+
+
+def test_training_under_bf16_autocast_keeps_float32_statistics():
+    conv = InvariantConv2d(8, 4, 3, padding=1)
+    linear = InvariantLinear(8, 4, block=4)
+    x = _correlated_input(2, 8, 6)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        y = conv(x)
+        z = linear(x.flatten(2).transpose(1, 2))
+    assert y.dtype == torch.bfloat16 and z.shape == (2, 36, 4)
+    assert conv.whiten.running_whitening.dtype == torch.float32
+    assert torch.isfinite(conv.whiten.running_whitening).all() and torch.isfinite(y).all()
+
+
+def test_channel_blocks_are_the_largest_divisor_up_to_block():
+    assert InvariantConv2d(3, 4, 3).block == 3  # the RGB stem is whitened across colours
+    assert InvariantConv2d(24, 4, 3, block=16).block == 12
+    assert InvariantConv2d(64, 4, 1, block=16).block == 16

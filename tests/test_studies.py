@@ -67,6 +67,13 @@ def test_members_are_the_grid_times_the_seeds(tmp_path):
     ({"fits": {"x": "samples", "y": "top1"}}, "fits.y='top1' is not one of val/top1, error"),
     ({"metrics": [{"key": "val/top1", "reduce": "median"}]}, "metrics[0].reduce must be one of last, max, min"),
     ({"recipe": "missing.yaml"}, "stages[0].recipe"),
+    ({"seeds": [0, 0]}, "seeds must be a non-empty list of different integers"),
+    ({"axes": {"samples": {"key": "data.max_train_samples", "values": [16, "16"]}}, "plot": {}, "fits": {}},
+     "give one folder name (samples-16_seed0)"),
+    ({"axes": {"samples": {"key": "model.norm", "values": ["GN", "BN"]}}},
+     "plot.x='samples' needs numeric labels"),
+    ({"name": "my study"}, "name 'my study' names the study's folder"),
+    ({"metrics": [{"key": "val/top1", "scale": "ten"}]}, "metrics[0].scale must be a number"),
 ])
 def test_malformed_study_files_name_the_key(tmp_path, change, message):
     with pytest.raises(StudyError) as info:
@@ -87,11 +94,27 @@ def test_stages_refer_to_earlier_stages_only(tmp_path):
     assert folders["first"] == tmp_path / "out" / "members" / "seed0" / "first"
 
 
+def test_references_leave_interpolations_alone_and_shared_stages_stay_shared(tmp_path):
+    from vislab.studies.spec import resolve_stage_references
+
+    assert resolve_stage_references("model.name=${name}", {}) == "model.name=${name}"
+    assert resolve_stage_references("pretrained={pre}/x", {"pre": "runs/a"}) == "pretrained=runs/a/x"
+    _write(tmp_path / "tiny.yaml", TINY_RECIPE)
+    stages = [{"name": "own", "recipe": "tiny.yaml"},
+              {"name": "pre", "recipe": "tiny.yaml", "shared": True, "overrides": ["pretrained={own}"]},
+              {"name": "fine", "recipe": "tiny.yaml"}]
+    with pytest.raises(StudyError, match=r"stages\[1\] is shared but refers to \{own\}"):
+        load_study(_write(tmp_path / "study.yaml", {"stages": stages, "metrics": ["val/top1"]}))
+
+
 def test_a_stage_with_checkpoints_is_resumed(tmp_path):
     run_dir = tmp_path / "run"
     command = stage_command(["optim.lr=0.1"], Path("r.yaml"), run_dir, nproc_per_node=1)
     assert "resume=true" not in command and f"output_dir={run_dir}" in command
-    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir(parents=True)  # a run killed during its first save: nothing to resume
+    assert "resume=true" not in stage_command([], Path("r.yaml"), run_dir, nproc_per_node=1)
+    (run_dir / "checkpoints" / "epoch_0001").mkdir()
+    (run_dir / "checkpoints" / "epoch_0001" / "state.pt").write_bytes(b"")
     assert "resume=true" in stage_command([], Path("r.yaml"), run_dir, nproc_per_node=1)
     torchrun = stage_command([], Path("r.yaml"), run_dir, nproc_per_node=2)
     assert "torch.distributed.run" in torchrun and "--nproc-per-node=2" in torchrun
@@ -127,6 +150,10 @@ def test_study_runs_reports_skips_and_resumes(tmp_path, capsys):
     commands = [line for line in (second / "log.txt").read_text().splitlines() if line.startswith("$ ")]
     assert len(commands) == 2 and "resume=true" not in commands[0] and "resume=true" in commands[1]
     assert json.loads((second / "summary.json").read_text())["steps"] == 3
+    # a study file changed under finished members: they are not read as the new settings' results
+    _write(path, {**yaml.safe_load(path.read_text()), "overrides": ["train.epochs=2"]})
+    assert main(["study", str(path), "--out", str(out)]) == 1
+    assert "holds a run with other settings than the study now gives" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -160,6 +187,12 @@ def test_power_law_fit_recovers_known_parameters_and_extrapolates():
     assert fit.r2 > 0.9999 and abs(fit.held_out_error) < 1e-3
     # a log-linear fit of the same saturating curve extrapolates worse
     assert abs(fit_curve("log_linear", n.tolist(), y.tolist()).held_out_error) > 0.5
+
+
+def test_power_law_fits_a_falling_error_curve():
+    n = np.array([20, 50, 100, 200, 500, 1000, 2000])
+    fit = fit_curve("power_law", n.tolist(), (5.0 + 80.0 * n ** -0.6).tolist())
+    assert fit.params == pytest.approx({"a": -80.0, "b": 0.6, "c": 5.0}, rel=1e-3) and fit.r2 > 0.9999
 
 
 def test_fits_need_enough_positive_points():

@@ -22,7 +22,7 @@ Because the rescaling is per patch, it divides the layer's output at each positi
 """
 from __future__ import annotations
 
-import math
+import contextlib
 
 import torch
 from torch import nn
@@ -44,8 +44,28 @@ def newton_schulz_isqrt(matrix: torch.Tensor, *, iterations: int) -> torch.Tenso
 
 
 def _statistics_dtype(tensor: torch.Tensor) -> torch.dtype:
-    """Covariances and their inverse roots in at least float32 (also under bf16 autocast)."""
+    """Covariances, inverse roots and folded weights in at least float32 (autocast is turned off
+    around them)."""
     return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def _without_autocast(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast turned off on the tensor's device (a meta tensor, when counting operations, has none)."""
+    if tensor.device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def fold_whitening(weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Tensor,
+                   whitening: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W' = W C^(-1/2)`` per block and ``b' = b - W' mu`` for a weight viewed as
+    (out, blocks, features per block); returns W' in that view and b'."""
+    with _without_autocast(weight):
+        folded = weight.to(whitening.dtype) @ whitening
+        folded_bias = -(folded @ mean).sum(1)
+        if bias is not None:
+            folded_bias = folded_bias + bias.to(folded_bias.dtype)
+    return folded, folded_bias
 
 
 class _WhiteningStatistics(nn.Module):
@@ -61,7 +81,10 @@ class _WhiteningStatistics(nn.Module):
     def statistics(self, samples: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.training:
             return self.running_mean, self.running_whitening
-        samples = samples.to(_statistics_dtype(samples))
+        with _without_autocast(samples):
+            return self._batch_statistics(samples.to(_statistics_dtype(samples)))
+
+    def _batch_statistics(self, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = samples.mean(0)
         centred = samples - mean
         identity = torch.eye(samples.shape[1], dtype=samples.dtype, device=samples.device)
@@ -75,7 +98,7 @@ class _WhiteningStatistics(nn.Module):
 
 def _blocks(channels: int, block: int) -> int:
     """The largest block size that divides the channels and is at most ``block``."""
-    return math.gcd(channels, block) if channels % block else block
+    return max(d for d in range(1, min(block, channels) + 1) if channels % d == 0)
 
 
 class InvariantConv2d(nn.Conv2d):
@@ -118,19 +141,12 @@ class InvariantConv2d(nn.Conv2d):
                                padding=self.padding, dilation=self.dilation)
         return (mean_square + self.rms_eps).sqrt()
 
-    def folded(self, mean: torch.Tensor, whitening: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``W' = W C^(-1/2)`` per channel block and ``b' = b - W' mu``."""
-        out = self.out_channels
-        weight = self.weight.reshape(out, -1, self.num_features).to(whitening.dtype) @ whitening
-        bias = -(weight @ mean).sum(1)
-        if self.bias is not None:
-            bias = bias + self.bias.to(bias.dtype)
-        return weight.reshape(self.weight.shape), bias
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean, whitening = self.whiten.statistics(self._patch_samples(x) if self.training else None)
-        weight, bias = self.folded(mean, whitening)
-        y = F.conv2d(x, weight.to(x.dtype), None, self.stride, self.padding, self.dilation)
+        weight, bias = fold_whitening(self.weight.reshape(self.out_channels, -1, self.num_features), self.bias,
+                                      mean, whitening)
+        y = F.conv2d(x, weight.reshape(self.weight.shape).to(x.dtype), None, self.stride, self.padding,
+                     self.dilation)
         if self.scale_invariance:
             y = y / self.patch_rms(x)
         return y + bias.to(y.dtype).view(1, -1, 1, 1)
@@ -163,17 +179,13 @@ class InvariantLinear(nn.Linear):
                 tokens = tokens / self._rms(tokens)
             samples = tokens.reshape(-1, self.block)
         mean, whitening = self.whiten.statistics(samples)
-        weight = self.weight.reshape(self.out_features, -1, self.block).to(whitening.dtype) @ whitening
-        bias = -(weight @ mean).sum(1)
-        if self.bias is not None:
-            bias = bias + self.bias.to(bias.dtype)
+        weight, bias = fold_whitening(self.weight.reshape(self.out_features, -1, self.block), self.bias,
+                                      mean, whitening)
         y = F.linear(x, weight.reshape(self.weight.shape).to(x.dtype))
         if self.scale_invariance:
             y = y / self._rms(x)
         return y + bias.to(y.dtype)
 
-
-INVARIANT_LAYERS = (InvariantConv2d, InvariantLinear)
 
 
 def invariant_linears(module: nn.Module, **options) -> nn.Module:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vislab.studies.runner import is_finished, stage_folders
-from vislab.studies.spec import Metric, Study
+from vislab.studies.runner import member_finished, stage_folders
+from vislab.studies.spec import Metric, Study, format_label
 from vislab.utils.files import atomic_write_text
 
 
@@ -44,9 +44,9 @@ def read_rows(study: Study, study_dir: Path) -> list[Row]:
     """The finished members' rows (a member is finished when all its stages are)."""
     rows = []
     for member in study.members:
-        folders = stage_folders(study_dir, member)
-        if not all(is_finished(folders[s.name]) for s in member.stages):
+        if not member_finished(study_dir, member):
             continue
+        folders = stage_folders(study_dir, member)
         last = folders[member.stages[-1].name]
         records = [json.loads(line) for line in (last / "metrics.jsonl").read_text().splitlines() if line.strip()]
         values = {m.name: _metric_value(records, m) for m in study.metrics}
@@ -100,6 +100,7 @@ def markdown_table(study: Study, groups: list[Group]) -> str:
     header = [*study.axes, *names, "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
-        cells = [*(str(group.labels[a]) for a in study.axes), *(_cell(group, n) for n in names), str(group.count)]
+        cells = [*(format_label(group.labels[a]) for a in study.axes), *(_cell(group, n) for n in names),
+                 str(group.count)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

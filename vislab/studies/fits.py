@@ -2,7 +2,8 @@
 
 - log-linear, ``y = a + b·log10(N)``: performance grows logarithmically with data (Sun et al. 2017,
   "Revisiting Unreasonable Effectiveness of Data in Deep Learning Era", section 5.1);
-- saturating power law, ``y = c - a·N^(-b)``: a ceiling ``c`` approached as a power of N.
+- saturating power law, ``y = c - a·N^(-b)``: a ceiling ``c`` approached as a power of N (from
+  below for an accuracy, ``a > 0``; from above for an error or a loss, ``a < 0``).
 
 Each fit reports its parameters, R² on the points it was given, and how well it extrapolates: the
 largest N predicted from a fit to the other points (the error is prediction minus measurement).
@@ -54,11 +55,13 @@ def _power_law(x: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], callable
     def model(n, a, b, c):
         return c - a * np.power(n, -b)
 
-    # start from a ceiling a little above the best point and a decay of 0.5
+    # start from a limit a little beyond the last point (above a rising curve, below a falling
+    # one) and a decay of 0.5
+    rising = y[-1] >= y[0]
     span = max(float(y.max() - y.min()), 1e-6)
-    c0 = float(y.max()) + 0.1 * span
-    a0 = (c0 - float(y.min())) * float(x.min()) ** 0.5
-    (a, b, c), _ = curve_fit(model, x, y, p0=(a0, 0.5, c0), bounds=([0.0, 1e-4, -np.inf], [np.inf, 5.0, np.inf]),
+    c0 = float(y.max()) + 0.1 * span if rising else float(y.min()) - 0.1 * span
+    a0 = (c0 - float(y[0])) * float(x[0]) ** 0.5
+    (a, b, c), _ = curve_fit(model, x, y, p0=(a0, 0.5, c0), bounds=([-np.inf, 1e-4, -np.inf], [np.inf, 5.0, np.inf]),
                              maxfev=20000)
     return {"a": float(a), "b": float(b), "c": float(c)}, lambda n: model(n, a, b, c)
 

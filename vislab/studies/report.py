@@ -12,16 +12,8 @@ import numpy as np
 from vislab.studies.collect import Group, group_rows, markdown_table, read_rows, write_csv
 from vislab.studies.fits import FIT_KINDS, Fit, fit_curve
 from vislab.studies.runner import MemberResult
-from vislab.studies.spec import Study
+from vislab.studies.spec import Study, format_label
 from vislab.utils.files import atomic_path, atomic_write_text
-
-
-def _as_number(label: Any, axis: str) -> float:
-    try:
-        return float(label)
-    except (TypeError, ValueError):
-        raise ValueError(f"axis {axis!r} has a value {label!r} that is not a number; plots and fits "
-                         f"need numeric labels") from None
 
 
 def _series(study: Study, groups: list[Group], spec: dict[str, Any]) -> dict[str, list[tuple[float, float, float]]]:
@@ -31,10 +23,10 @@ def _series(study: Study, groups: list[Group], spec: dict[str, Any]) -> dict[str
     for group in groups:
         if spec["y"] not in group.mean:
             continue
-        parts = [f"{spec['lines']}={group.labels[spec['lines']]}"] if spec.get("lines") else []
-        parts += [f"{a}={group.labels[a]}" for a in others]
+        parts = [f"{spec['lines']}={format_label(group.labels[spec['lines']])}"] if spec.get("lines") else []
+        parts += [f"{a}={format_label(group.labels[a])}" for a in others]
         series.setdefault(", ".join(parts) or spec["y"], []).append(
-            (_as_number(group.labels[spec["x"]], spec["x"]), group.mean[spec["y"]], group.std[spec["y"]]))
+            (float(group.labels[spec["x"]]), group.mean[spec["y"]], group.std[spec["y"]]))
     return {name: sorted(points) for name, points in series.items()}
 
 
@@ -108,6 +100,10 @@ def write_report(study: Study, study_dir: Path, results: list[MemberResult] | No
         same_axes = study.fits and (study.fits["x"], study.fits["y"]) == (study.plot["x"], study.plot["y"])
         draw_plot(study, groups, study_dir / "study.png", fits=fits if same_axes else None)
         parts.insert(4, "![study](study.png)")
+    missing = [m.key for m in study.metrics if rows and not any(m.name in r.values for r in rows)]
+    if missing:
+        parts.append(f"No finished run logged {', '.join(missing)}: check the metric keys against the runs' "
+                     f"metrics.jsonl.")
     failed = [r for r in results or [] if r.status == "failed"]
     if failed:
         parts.append("Failed members:\n" + "\n".join(f"- {r.member.name}: see {r.folder / 'log.txt'}" for r in failed))

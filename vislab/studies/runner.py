@@ -9,6 +9,7 @@ with the end of its log and the others go on.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -19,10 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from vislab.engine.checkpoint import CheckpointError, find_resumable
 from vislab.engine.run import RUN_FILES
 from vislab.studies.spec import Member, Study, resolve_stage_references
+from vislab.utils.files import atomic_write_text
 
 LOG_NAME = "log.txt"
+RECORD_NAME = "study-stage.json"  # the recipe and overrides a stage's run was started with
 LOG_TAIL_LINES = 15
 # one lock per run folder: members running in parallel wait for a shared stage another one runs
 _FOLDER_LOCKS: defaultdict[Path, threading.Lock] = defaultdict(threading.Lock)
@@ -60,9 +64,18 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file()
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` saved a checkpoint it can resume from."""
+    try:
+        find_resumable(run_dir)
+        return (run_dir / "checkpoints").is_dir()
+    except CheckpointError:
+        return False
+
+
 def stage_command(stage_overrides: list[str], recipe: Path, run_dir: Path, *, nproc_per_node: int) -> list[str]:
-    """The ``vislab train`` command of one stage: resumed when its folder holds checkpoints."""
-    resume = ["resume=true"] if (run_dir / "checkpoints").is_dir() else []
+    """The ``vislab train`` command of one stage: resumed when its folder holds a checkpoint."""
+    resume = ["resume=true"] if has_checkpoint(run_dir) else []
     train = ["-m", "vislab", "train", str(recipe), *stage_overrides, f"output_dir={run_dir}", *resume]
     if nproc_per_node > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -71,9 +84,9 @@ def stage_command(stage_overrides: list[str], recipe: Path, run_dir: Path, *, np
 
 
 def _clear_unresumable(run_dir: Path) -> None:
-    """A run that stopped before its first checkpoint left metrics but nothing to resume from:
-    start it again (a fresh run refuses a folder holding a run's files)."""
-    if run_dir.is_dir() and not (run_dir / "checkpoints").is_dir():
+    """A run that stopped before its first checkpoint was saved left metrics but nothing to resume
+    from: start it again (a fresh run refuses a folder holding a run's files)."""
+    if run_dir.is_dir() and not has_checkpoint(run_dir):
         for name in RUN_FILES:
             target = run_dir / name
             if target.is_dir():
@@ -87,23 +100,44 @@ def _log_tail(log: Path) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
+def member_finished(study_dir: Path, member: Member) -> bool:
+    folders = stage_folders(study_dir, member)
+    return all(is_finished(folders[s.name]) for s in member.stages)
+
+
+def _references(folders: dict[str, Path]) -> dict[str, str]:
+    return {name: str(folder) for name, folder in folders.items()}
+
+
+def _stale(run_dir: Path, record: dict) -> bool:
+    """Whether ``run_dir`` holds a run made from other settings than ``record`` (the study file
+    changed since): its results would be read as this member's."""
+    path = run_dir / RECORD_NAME
+    return path.is_file() and json.loads(path.read_text()) != record
+
+
 def run_member(study_dir: Path, member: Member, *, nproc_per_node: int = 1,
                threads: int | None = None) -> MemberResult:
     folders = stage_folders(study_dir, member)
-    if all(is_finished(folders[s.name]) for s in member.stages):
-        return MemberResult(member, "skipped", member_folder(study_dir, member))
     env = dict(os.environ)
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(threads)
+    ran = False
     for stage in member.stages:
         run_dir = folders[stage.name]
+        overrides = [resolve_stage_references(o, _references(folders)) for o in stage.overrides]
+        record = {"recipe": str(stage.recipe), "overrides": overrides}
         with _FOLDER_LOCKS[run_dir.resolve()]:
+            if _stale(run_dir, record):
+                return MemberResult(member, "failed", run_dir,
+                                    f"stage {stage.name}: {run_dir} holds a run with other settings than the "
+                                    f"study now gives (see {run_dir / RECORD_NAME}); remove it to run it again")
             if is_finished(run_dir):
                 continue
+            ran = True
             _clear_unresumable(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            overrides = [resolve_stage_references(o, {k: str(v) for k, v in folders.items()})
-                         for o in stage.overrides]
+            atomic_write_text(run_dir / RECORD_NAME, json.dumps(record, indent=1))
             command = stage_command(overrides, stage.recipe, run_dir, nproc_per_node=nproc_per_node)
             log = run_dir / LOG_NAME
             with log.open("a") as out:
@@ -113,7 +147,7 @@ def run_member(study_dir: Path, member: Member, *, nproc_per_node: int = 1,
             if code != 0 or not is_finished(run_dir):
                 return MemberResult(member, "failed", run_dir,
                                     f"stage {stage.name} exited with {code}; {log}:\n{_log_tail(log)}")
-    return MemberResult(member, "done", member_folder(study_dir, member))
+    return MemberResult(member, "done" if ran else "skipped", member_folder(study_dir, member))
 
 
 def describe(study: Study, study_dir: Path, *, nproc_per_node: int = 1) -> list[str]:
@@ -123,10 +157,8 @@ def describe(study: Study, study_dir: Path, *, nproc_per_node: int = 1) -> list[
         folders = stage_folders(study_dir, member)
         for stage in member.stages:
             run_dir = folders[stage.name]
-            state = ("finished" if is_finished(run_dir) else
-                     "resume" if (run_dir / "checkpoints").is_dir() else "new")
-            overrides = [resolve_stage_references(o, {k: str(v) for k, v in folders.items()})
-                         for o in stage.overrides]
+            state = "finished" if is_finished(run_dir) else "resume" if has_checkpoint(run_dir) else "new"
+            overrides = [resolve_stage_references(o, _references(folders)) for o in stage.overrides]
             label = member.name if len(member.stages) == 1 else f"{member.name}/{stage.name}"
             lines.append(f"{label} [{state}] {stage.recipe} {' '.join(overrides)}")
     return lines

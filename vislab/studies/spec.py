@@ -20,7 +20,8 @@ A study file (paths relative to the file)::
     fits: {x: batch, y: error}                     # log-linear and saturating power law
 
 With several stages, an axis sets its keys in the last stage unless it names one (``stage:``);
-a later stage refers to an earlier stage's run folder as ``{stage_name}`` in its overrides. A stage
+a later stage refers to an earlier stage's run folder as ``{stage_name}`` in its overrides
+(OmegaConf's ``${...}`` interpolations are left alone). A stage
 marked ``shared: true`` (a pre-training that several members start from) runs once for all members
 that give it the same recipe and overrides.
 """
@@ -46,6 +47,8 @@ METRIC_KEYS = {"key", "name", "scale", "offset", "reduce"}
 PLOT_KEYS = {"x", "y", "lines", "log_x", "log_y"}
 FIT_KEYS = {"x", "y", "lines"}
 REDUCTIONS = ("last", "max", "min")
+NAME_PATTERN = r"[A-Za-z0-9_.+-]+"  # study and axis names: they name folders
+REFERENCE = r"(?<![$\w{])\{([A-Za-z_][A-Za-z0-9_]*)\}"  # {stage}; not OmegaConf's ${...} nor {{...}}
 
 
 class StudyError(ConfigError):
@@ -108,10 +111,10 @@ def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
 
 
 def _format_override(key: str, value: Any) -> str:
-    return f"{key}={_format_label(value)}"
+    return f"{key}={format_label(value)}"
 
 
-def _format_label(label: Any) -> str:
+def format_label(label: Any) -> str:
     """A label as the study file writes it (``true``, not ``True``)."""
     return yaml.safe_dump(label, default_flow_style=True).strip().removesuffix("...").strip()
 
@@ -144,6 +147,12 @@ def _read_stages(data: dict, folder: Path, where: str) -> list[Stage]:
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise StudyError(f"{where}: stage names must differ, got {names}")
+    for index, stage in enumerate(stages):
+        own = {s.name for s in stages[:index] if not s.shared}
+        refers = {m for o in stage.overrides for m in re.findall(REFERENCE, o)}
+        if stage.shared and refers & own:
+            raise StudyError(f"{where}: stages[{index}] is shared but refers to {{{sorted(refers & own)[0]}}}, "
+                             f"a stage each member runs on its own")
     return stages
 
 
@@ -152,6 +161,8 @@ def _read_axes(data: dict, stage_names: list[str], where: str) -> dict[str, list
     axes = {}
     for axis, spec in _expect(data.get("axes", {}), dict, f"{where}: axes", "a mapping").items():
         at = f"{where}: axes.{axis}"
+        if not re.fullmatch(NAME_PATTERN, str(axis)):
+            raise StudyError(f"{at}: an axis name may hold letters, digits, '_', '.', '+' and '-' only")
         _expect(spec, dict, at, "a mapping with values (and key, stage)")
         _check_keys(spec, AXIS_KEYS, at)
         stage = spec.get("stage", stage_names[-1])
@@ -171,6 +182,8 @@ def _read_axes(data: dict, stage_names: list[str], where: str) -> dict[str, list
                 entries.append((value, stage, [_format_override(spec["key"], value)]))
             else:
                 raise StudyError(f"{at}: a plain value ({value!r}) needs the axis's key")
+            _expect(entries[-1][0], (str, int, float, bool, type(None)), f"{at}.values[{index}]'s label",
+                    "a string or a number")
         axes[str(axis)] = entries
     return axes
 
@@ -188,6 +201,9 @@ def _read_metrics(data: dict, where: str) -> list[Metric]:
             raise StudyError(f"{at}: key is required")
         if item.get("reduce", "last") not in REDUCTIONS:
             raise StudyError(f"{at}.reduce must be one of {', '.join(REDUCTIONS)}, got {item['reduce']!r}")
+        for number in ("scale", "offset"):
+            if number in item:
+                _expect(item[number], (int, float), f"{at}.{number}", "a number")
         metrics.append(Metric(key=item["key"], name=item.get("name", item["key"]),
                               scale=float(item.get("scale", 1.0)), offset=float(item.get("offset", 0.0)),
                               reduce=item.get("reduce", "last")))
@@ -196,7 +212,7 @@ def _read_metrics(data: dict, where: str) -> list[Metric]:
     return metrics
 
 
-def _read_figure(data: dict, key: str, allowed: set[str], axes: list[str], metrics: list[str],
+def _read_figure(data: dict, key: str, allowed: set[str], axes: dict[str, list], metrics: list[str],
                  where: str) -> dict[str, Any]:
     spec = _expect(data.get(key, {}), dict, f"{where}: {key}", "a mapping")
     if not spec:
@@ -208,7 +224,31 @@ def _read_figure(data: dict, key: str, allowed: set[str], axes: list[str], metri
     for part in ("x", "y"):
         if part not in spec:
             raise StudyError(f"{where}: {key}.{part} is required")
+    labels = [label for label, _, _ in axes[spec["x"]]]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in labels):
+        raise StudyError(f"{where}: {key}.x={spec['x']!r} needs numeric labels, got {labels}")
     return spec
+
+
+def _expand(stages: list[Stage], axes: dict[str, list], seeds: list[int], where: str) -> list[Member]:
+    """Every combination of the axes' values, once per seed; two members with one folder name
+    (labels that differ only in punctuation) are an error."""
+    members: dict[str, Member] = {}
+    for combo in itertools.product(*axes.values()) if axes else [()]:
+        for seed in seeds:
+            labels = {axis: label for axis, (label, _, _) in zip(axes, combo)}
+            member_stages = tuple(
+                Stage(name=s.name, recipe=s.recipe, shared=s.shared,
+                      overrides=s.overrides + tuple(o for _, stage, ovr in combo if stage == s.name for o in ovr)
+                      + (f"train.seed={seed}",))
+                for s in stages)
+            slug = "_".join([*(f"{axis}-{_slug(format_label(label))}" for axis, label in labels.items()),
+                             f"seed{seed}"])
+            if slug in members:
+                raise StudyError(f"{where}: labels {members[slug].labels} and {labels} give one folder name "
+                                 f"({slug}); make the labels differ in letters or digits")
+            members[slug] = Member(name=slug, labels=labels, seed=seed, stages=member_stages)
+    return list(members.values())
 
 
 def load_study(path: str | Path) -> Study:
@@ -226,23 +266,17 @@ def load_study(path: str | Path) -> Study:
     _check_keys(data, TOP_KEYS, where)
     stages = _read_stages(data, path.parent, where)
     axes = _read_axes(data, [s.name for s in stages], where)
-    seeds = [_expect(s, int, f"{where}: seeds", "a list of integers") for s in data.get("seeds", [0])]
+    seeds = _expect(data.get("seeds", [0]), list, f"{where}: seeds", "a non-empty list of integers")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds):
+        raise StudyError(f"{where}: seeds must be a non-empty list of different integers, got {seeds}")
     metrics = _read_metrics(data, where)
     names = [m.name for m in metrics]
-    plot = _read_figure(data, "plot", PLOT_KEYS, list(axes), names, where)
-    fits = _read_figure(data, "fits", FIT_KEYS, list(axes), names, where)
-    members = []
-    for combo in itertools.product(*axes.values()) if axes else [()]:
-        for seed in seeds:
-            labels = {axis: label for axis, (label, _, _) in zip(axes, combo)}
-            member_stages = tuple(
-                Stage(name=s.name, recipe=s.recipe, shared=s.shared,
-                      overrides=s.overrides + tuple(o for _, stage, ovr in combo if stage == s.name for o in ovr)
-                      + (f"train.seed={seed}",))
-                for s in stages)
-            slug = "_".join([*(f"{axis}-{_slug(_format_label(label))}" for axis, label in labels.items()),
-                             f"seed{seed}"])
-            members.append(Member(name=slug, labels=labels, seed=seed, stages=member_stages))
+    plot = _read_figure(data, "plot", PLOT_KEYS, axes, names, where)
+    fits = _read_figure(data, "fits", FIT_KEYS, axes, names, where)
+    name = str(data.get("name", path.stem))
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise StudyError(f"{where}: name {name!r} names the study's folder: letters, digits, '_', '.', '+', '-'")
+    members = _expand(stages, axes, seeds, where)
     for member in members:
         for index, stage in enumerate(member.stages):
             earlier = {s.name: "." for s in member.stages[:index]}
@@ -250,7 +284,7 @@ def load_study(path: str | Path) -> Study:
                 load_config(stage.recipe, [resolve_stage_references(o, earlier) for o in stage.overrides])
             except ConfigError as exc:
                 raise StudyError(f"{where}: member {member.name}, stage {stage.name}: {exc}") from None
-    return Study(path=path, name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
+    return Study(path=path, name=name, description=str(data.get("description", "")),
                  axes=tuple(axes), seeds=tuple(seeds), metrics=tuple(metrics), members=tuple(members),
                  plot=plot, fits=fits)
 
@@ -262,4 +296,4 @@ def resolve_stage_references(override: str, run_dirs: dict[str, str]) -> str:
         if name not in run_dirs:
             raise StudyError(f"override {override!r} refers to {{{name}}}, which is not an earlier stage")
         return run_dirs[name]
-    return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", replace, override)
+    return re.sub(REFERENCE, replace, override)

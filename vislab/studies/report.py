@@ -46,10 +46,14 @@ def draw_plot(study: Study, groups: list[Group], path: Path, *, fits: dict[str, 
             grid = np.geomspace(min(xs), max(xs), 100)
             ax.plot(grid, fit.predict(grid), style, color=line[0].get_color(), alpha=0.7,
                     label=f"{name}: {fit.kind.replace('_', '-')} fit (R² {fit.r2:.2f})")
-    if spec.get("log_x"):
-        ax.set_xscale("log")
-    if spec.get("log_y"):
-        ax.set_yscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    for axis, log in ((ax.xaxis, spec.get("log_x")), (ax.yaxis, spec.get("log_y"))):
+        if log:  # plain numbers at 1, 2, 5 x 10^k rather than powers of ten
+            (ax.set_xscale if axis is ax.xaxis else ax.set_yscale)("log")
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
     ax.set(xlabel=spec["x"], ylabel=spec["y"], title=study.name)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

@@ -126,7 +126,9 @@ def run_member(study_dir: Path, member: Member, *, nproc_per_node: int = 1,
     for stage in member.stages:
         run_dir = folders[stage.name]
         overrides = [resolve_stage_references(o, _references(folders)) for o in stage.overrides]
-        record = {"recipe": str(stage.recipe), "overrides": overrides}
+        # the settings as the study file gives them (references unresolved, the recipe by its last
+        # two path parts), so running the study from another folder finds its runs current
+        record = {"recipe": f"{stage.recipe.parent.name}/{stage.recipe.name}", "overrides": list(stage.overrides)}
         with _FOLDER_LOCKS[run_dir.resolve()]:
             if _stale(run_dir, record):
                 return MemberResult(member, "failed", run_dir,

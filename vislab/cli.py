@@ -119,25 +119,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_study(args) -> int:
-    from vislab.studies import load_study, run_study, study_folder, write_report
-    from vislab.studies.runner import describe
+    from vislab.studies import study_command
 
-    study = load_study(args.study)
-    study_dir = Path(args.out) if args.out else study_folder(study)
-    if args.dry_run:
-        print(f"study {study.name}: {len(study.members)} members in {study_dir}")
-        print("\n".join(describe(study, study_dir, nproc_per_node=args.nproc_per_node)))
-        return 0
-    if args.jobs < 1 or args.nproc_per_node < 1:
-        raise ValueError("--jobs and --nproc-per-node must be at least 1")
-    results = None
-    if not args.report_only:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        results = run_study(study, study_dir, jobs=args.jobs, nproc_per_node=args.nproc_per_node,
-                            report=lambda line: print(line, flush=True))
-    print(write_report(study, study_dir, results))
-    print(f"report: {study_dir / 'study.md'}")
-    return 1 if any(r.status == "failed" for r in results or []) else 0
+    return study_command(args.study, out=args.out, dry_run=args.dry_run, jobs=args.jobs,
+                         nproc_per_node=args.nproc_per_node, report_only=args.report_only)
 
 
 def _cmd_train(args) -> int:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import threading
-from collections import defaultdict
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,14 @@ LOG_NAME = "log.txt"
 RECORD_NAME = "study-stage.json"  # the recipe and overrides a stage's run was started with
 LOG_TAIL_LINES = 15
 # one lock per run folder: members running in parallel wait for a shared stage another one runs
-_FOLDER_LOCKS: defaultdict[Path, threading.Lock] = defaultdict(threading.Lock)
+_FOLDER_LOCKS: dict[Path, threading.Lock] = {}
+_FOLDER_LOCKS_GUARD = threading.Lock()
+
+
+def _folder_lock(run_dir: Path) -> threading.Lock:
+    """The one lock of ``run_dir`` (created under a guard, so two threads never get two locks)."""
+    with _FOLDER_LOCKS_GUARD:
+        return _FOLDER_LOCKS.setdefault(run_dir.resolve(), threading.Lock())
 
 
 @dataclass
@@ -129,7 +135,7 @@ def run_member(study_dir: Path, member: Member, *, nproc_per_node: int = 1,
         # the settings as the study file gives them (references unresolved, the recipe by its last
         # two path parts), so running the study from another folder finds its runs current
         record = {"recipe": f"{stage.recipe.parent.name}/{stage.recipe.name}", "overrides": list(stage.overrides)}
-        with _FOLDER_LOCKS[run_dir.resolve()]:
+        with _folder_lock(run_dir):
             if _stale(run_dir, record):
                 return MemberResult(member, "failed", run_dir,
                                     f"stage {stage.name}: {run_dir} holds a run with other settings than the "

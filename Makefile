@@ -23,6 +23,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/backbones.py
 	$(BIN)/python benchmarks/video.py
+	$(BIN)/python benchmarks/video.py --ava
 	$(BIN)/python benchmarks/detection.py
 
 clean:

@@ -80,6 +80,7 @@ from vislab.tasks.video import video_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_bench  # noqa: E402
+import video_ava  # noqa: E402
 
 SEED = 0
 SIDES = ("vislab", "pytorchvideo")
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument("--measure-memory-of", choices=tuple(PAIRS), help=argparse.SUPPRESS)
     parser.add_argument("--memory-side", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--ava", action="store_true", help="instead: AVA SlowFast R50 detection against "
+                        "pytorchvideo's slowfast_r50_detection (benchmarks/video_ava.py; 32x224 clips by default)")
+    video_ava.add_arguments(parser)
     return parser
 
 
@@ -425,6 +429,13 @@ def main() -> None:
         report_rss_increase(args)
         return
     device = train_bench.resolve_device(args.device, parser=parser)
+    if args.ava:
+        args.frames, args.crop = args.frames or 32, args.crop or 224
+        result = video_ava.run(args, device=device)
+        if args.json:
+            train_bench.write_json({**result, "versions": train_bench.versions(("pytorchvideo", "vislab"))},
+                                   path=args.json)
+        return
     print(f"video train step (forward + cross-entropy + backward + SGD step) on {device}: batch {args.batch}, "
           f"{args.rounds} rounds x {args.steps} steps")
     print_header(MODEL_COLUMNS)

@@ -11,13 +11,13 @@ import pytest
 import torch
 from vislab.cli import main
 from vislab.data.datasets.image_folder import DataError
-from vislab.data.datasets.moving_shapes import (KEYFRAME_INTERVAL, MOTIONS, draw_clip, ensure_moving_shapes,
-                                                generate_moving_shapes, write_mp4)
+from vislab.data.datasets.moving_shapes import MOTIONS, draw_clip, ensure_moving_shapes, generate_moving_shapes
 from vislab.data.datasets.video_list import VideoListDataset
 from vislab.data.sampler import SeededSamples
 from vislab.data.transforms.video import video_test_views, video_train_transform
 from vislab.data.video import sampling
 from vislab.data.video.decode import VideoDecodeError, VideoReader, decode_frames, video_frame_count
+from vislab.data.video.encode import KEYFRAME_INTERVAL, write_mp4
 from vislab.data.video.lists import read_video_list
 
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)

@@ -1,4 +1,4 @@
-"""The ``vislab`` command: train, eval, predict, models, flops, convert, export, data, study."""
+"""The ``vislab`` command: train, eval, predict, models, flops, convert, export, data, study, ava-eval."""
 from __future__ import annotations
 
 import argparse
@@ -18,14 +18,20 @@ EXAMPLES = {
     "predict": """\
         vislab predict --weights runs/digits/20261128-101500 img1.png img2.jpg
         vislab predict --weights runs/shapes_mask_rcnn_r18_gn/20261128-101500 street.jpg --out street.png
-        vislab predict --weights runs/moving_shapes_slowfast/20261128-101500 clip.mp4""",
+        vislab predict --weights runs/moving_shapes_slowfast/20261128-101500 clip.mp4
+        vislab predict --weights runs/moving_actors_slowfast/20261202-101500 clip.mp4 --boxes boxes.csv --out out.mp4""",
     "models": """\
         vislab models --json --task classification
         vislab models --markdown > docs/model-zoo.md""",
     "flops": "vislab flops resnet50 --input 3x224x224",
     "convert": "vislab convert --from torchvision --model resnet50 resnet50-0676ba61.pth resnet50.safetensors",
     "export": "vislab export runs/digits/20260101-120000 --format onnx --out digits.onnx --input 3x32x32",
-    "data": "vislab data shapes --out data/shapes --train 600 --val 100 --seed 0",
+    "data": """\
+        vislab data shapes --out data/shapes --train 600 --val 100 --seed 0
+        vislab data moving-actors --out data/moving_actors""",
+    "ava-eval": """\
+        vislab ava-eval --groundtruth ava_val_v2.2.csv --detections detections.csv \\
+            --labelmap ava_action_list_v2.2_for_activitynet_2019.pbtxt --exclusions ava_val_excluded_timestamps_v2.2.csv""",
     "study": """\
         vislab study configs/studies/gn_vs_bn_batch.yaml --dry-run
         vislab study configs/studies/data_scaling.yaml --jobs 2
@@ -57,7 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registry name, for weights without vislab metadata")
     p.add_argument("--topk", type=int, default=5, help="classifiers: classes shown per image")
     p.add_argument("--out", help="detectors: the output PNG (one image) or folder (several)")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="detectors: lowest score drawn")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="detectors: lowest score drawn; action detectors: lowest action probability shown")
+    p.add_argument("--boxes", help="action detectors: person boxes per keyframe, in AVA's proposals CSV format")
+    p.add_argument("--box-threshold", type=float, default=0.8, help="action detectors: lowest box score used")
     p.add_argument("images", nargs="+", metavar="FILE", help="images, or videos for a video model")
 
     p = add("models", "List registered models with params, GMACs and reference figures.")
@@ -107,6 +116,21 @@ def _parser() -> argparse.ArgumentParser:
     moving.add_argument("--train", type=int, default=800, help="training videos")
     moving.add_argument("--val", type=int, default=160, help="validation videos")
     moving.add_argument("--seed", type=int, default=0)
+    moving = data.add_parser("moving-actors", help="AVA-format action detection set: several shapes per clip, "
+                                                   "each with a box track and actions defined by its motion")
+    moving.add_argument("--out", required=True, help="folder to generate into (kept if already generated)")
+    moving.add_argument("--train", type=int, default=720, help="training videos")
+    moving.add_argument("--val", type=int, default=144, help="validation videos")
+    moving.add_argument("--seed", type=int, default=0)
+
+    p = add("ava-eval", "Frame-level mAP at IoU 0.5 of action detections, as the ActivityNet AVA evaluator "
+                        "computes it, from files alone.")
+    p.add_argument("--groundtruth", required=True, help="AVA annotation CSV")
+    p.add_argument("--detections", required=True, help="video_id,second,x1,y1,x2,y2,action_id,score rows")
+    p.add_argument("--labelmap", required=True, help="the evaluated actions (.pbtxt)")
+    p.add_argument("--exclusions", help="keyframes left out (video_id,second rows)")
+    p.add_argument("--json", action="store_true", help='print {"mAP": ..., "per_class": {name: AP}}')
+
     p = add("study", "Run a study: every member of a grid of overrides and seeds as its own run (finished "
                      "members skipped, interrupted ones resumed), then its table, plot and fits.")
     p.add_argument("study", help="study YAML file")
@@ -185,52 +209,9 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from vislab.predict import DetectionPredictor, VideoPredictor, load_predictor
+    from vislab.predict_command import predict_command
 
-    predictor = load_predictor(args.weights, model_name=args.model)
-    if isinstance(predictor, DetectionPredictor):
-        return _predict_detections(predictor, args)
-    if isinstance(predictor, VideoPredictor):
-        for path in args.images:
-            top, num_views = predictor.predict(path, topk=args.topk)
-            print(f"{path} ({num_views} views: {predictor.num_clips} clips x {num_views // predictor.num_clips} crops)")
-            for label, prob in top:
-                print(f"  {prob:7.2%}  {label}")
-        return 0
-    for path, top in zip(args.images, predictor.predict(args.images, topk=args.topk)):
-        print(path)
-        for label, prob in top:
-            print(f"  {prob:7.2%}  {label}")
-    return 0
-
-
-def _predict_detections(predictor, args) -> int:
-    """Draw each image's detections into a PNG and write them as JSON beside it: ``--out`` is the
-    PNG for one image, a folder for several (default: IMAGE.pred.png beside each image)."""
-    from vislab.data.datasets.image_folder import read_rgb
-    from vislab.utils.files import atomic_write_text
-    from vislab.visualize.detection import detections_to_json, draw_detections
-
-    for path in map(Path, args.images):
-        if args.out and len(args.images) == 1:
-            out = Path(args.out)
-        elif args.out:
-            out = Path(args.out) / f"{path.stem}.pred.png"
-        else:
-            out = path.with_name(f"{path.stem}.pred.png")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result = predictor.predict(path)
-        drawn = draw_detections(read_rgb(path), boxes=result["boxes"], labels=result["labels"],
-                                scores=result["scores"], masks=result.get("masks"),
-                                class_names=predictor.classes, score_threshold=args.score_threshold)
-        drawn.save(out)
-        keep = result["scores"] >= args.score_threshold
-        records = detections_to_json(boxes=result["boxes"][keep], labels=result["labels"][keep],
-                                     scores=result["scores"][keep], class_names=predictor.classes,
-                                     masks=result["masks"][keep] if "masks" in result else None)
-        atomic_write_text(out.with_suffix(".json"), json.dumps({"image": str(path), "detections": records}))
-        print(f"{path}: {len(records)} detections above {args.score_threshold} -> {out}, {out.with_suffix('.json')}")
-    return 0
+    return predict_command(args)
 
 
 def _cmd_models(args) -> int:
@@ -342,13 +323,26 @@ def _data_moving_shapes(args) -> dict:
     return ensure_moving_shapes(Path(args.out), train=args.train, val=args.val, seed=args.seed)
 
 
-DATASETS = {"shapes": _data_shapes, "moving-shapes": _data_moving_shapes}
+def _data_moving_actors(args) -> dict:
+    from vislab.data.datasets.moving_actors import ensure_moving_actors
+
+    return ensure_moving_actors(Path(args.out), train=args.train, val=args.val, seed=args.seed)
+
+
+DATASETS = {"shapes": _data_shapes, "moving-shapes": _data_moving_shapes, "moving-actors": _data_moving_actors}
 
 
 def _cmd_data(args) -> int:
     for name, path in DATASETS[args.dataset](args).items():
         print(f"{name:18} {path}")
     return 0
+
+
+def _cmd_ava_eval(args) -> int:
+    from vislab.evaluation.ava_command import ava_eval
+
+    return ava_eval(groundtruth=args.groundtruth, detections=args.detections, labelmap=args.labelmap,
+                    exclusions=args.exclusions, as_json=args.json)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -362,7 +356,7 @@ def _one_line(exc: BaseException) -> str:
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "models": _cmd_models,
             "flops": _cmd_flops, "convert": _cmd_convert, "export": _cmd_export, "data": _cmd_data,
-            "study": _cmd_study}
+            "study": _cmd_study, "ava-eval": _cmd_ava_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """Predicting on image or video files with trained weights, rebuilding the model from their
 metadata: top-k classes for a classifier; boxes, classes, scores and masks for a detector;
-multi-view top-k classes for a video model."""
+multi-view top-k classes for a video model; boxes and actions for an action detector
+(``vislab.predict_actions``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ def load_trained_model(weights: str | Path, *, model_name: str | None = None) ->
     path = resolve_weights(weights)
     state_dict, metadata = read_weights(path)
     cfg, classes = _config_and_classes(path, metadata, model_name)
-    if cfg.task in ("video", "detection"):
+    if cfg.task in ("video", "detection", "action_detection"):
         model = create_model(cfg.model.name, num_classes=len(classes), **model_kwargs(cfg))
     elif cfg.task == "classification":
         model = classifier_from_config(cfg, num_classes=len(classes))
@@ -126,13 +127,21 @@ def load_trained_model(weights: str | Path, *, model_name: str | None = None) ->
     return model.eval(), cfg, classes
 
 
-def load_predictor(weights: str | Path, *,
-                   model_name: str | None = None) -> Predictor | DetectionPredictor | VideoPredictor:
-    """A predictor for the model ``weights`` hold (``load_trained_model``)."""
+def load_predictor(weights: str | Path, *, model_name: str | None = None):
+    """A predictor for the model ``weights`` hold (``load_trained_model``): ``Predictor``,
+    ``DetectionPredictor``, ``VideoPredictor`` or ``ActionPredictor``."""
+    from vislab.data.transforms.ava import actor_test_transform
+    from vislab.predict_actions import ActionPredictor
     from vislab.tasks.detection import eval_transform_of
     from vislab.tasks.video import eval_views_of
 
     model, cfg, classes = load_trained_model(weights, model_name=model_name)
+    if cfg.task == "action_detection":
+        d = cfg.data
+        transform = actor_test_transform(short_side=d.test_short_side, mean=d.mean, std=d.std,
+                                         centre_crop=d.test_centre_crop)
+        return ActionPredictor(model=model, transform=transform, classes=classes, num_frames=d.num_frames,
+                               stride=d.frame_stride, first_second=d.first_second)
     if cfg.task == "video":
         d = cfg.data
         return VideoPredictor(model=model, views=eval_views_of(cfg), classes=classes, num_frames=d.num_frames,

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | image_folder | coco | shapes | video_list | moving_shapes
+    name: str = "digits"  # digits | image_folder | coco | shapes | video_list | moving_shapes | ava | moving_actors
     root: Optional[str] = None  # image_folder: a folder holding train_split/ and val_split/;
     # coco: the folder the annotation and image paths below are relative to; shapes: where the
     # synthetic set is generated on first use
@@ -60,6 +60,22 @@ class DataConfig:
     test_short_side: int = 256
     test_clips: int = 10  # multi-view testing: clips x crops views, softmax scores averaged
     test_crops: int = 3
+    # action detection (ava, moving_actors): AVA's files, paths under root
+    frames: Optional[str] = None  # the folder frame-list paths are relative to (extracted JPEG frames)
+    videos: Optional[str] = None  # set: read <video id>.mp4 (.mkv, .webm) here with PyAV instead of frames
+    train_frame_list: Optional[str] = None  # PySlowFast frame lists
+    val_frame_list: Optional[str] = None
+    label_map: Optional[str] = None  # .pbtxt of the actions the model predicts
+    eval_label_map: Optional[str] = None  # .pbtxt of the evaluated subset (AVA: 60 of 80); None: label_map
+    val_exclusions: Optional[str] = None  # keyframes left out of evaluation
+    train_proposals: Optional[str] = None  # person proposals with detector scores
+    val_proposals: Optional[str] = None
+    proposal_score_threshold: float = 0.8  # proposals scoring less are dropped
+    train_proposal_iou: Optional[float] = None  # set (0.9): also train on proposals overlapping a box by more
+    val_boxes: str = "proposals"  # proposals | groundtruth: the boxes scored in evaluation
+    test_centre_crop: bool = False  # test on the centre square of the test-size frames (fixed-size models: MViT)
+    fps: int = 30  # frames per second of the frames or videos
+    first_second: int = 900  # the timestamp of frame 0 (AVA's frames start at 15:00)
     # pre-training
     knn_bank: Optional[int] = 10000  # labelled training images the k-NN monitor compares with
 
@@ -130,8 +146,9 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "task": ("classification", "detection", "pretrain", "video"),
-    "data.name": ("digits", "image_folder", "coco", "shapes", "video_list", "moving_shapes"),
+    "task": ("classification", "detection", "pretrain", "video", "action_detection"),
+    "data.name": ("digits", "image_folder", "coco", "shapes", "video_list", "moving_shapes", "ava", "moving_actors"),
+    "data.val_boxes": ("proposals", "groundtruth"),
     "optim.name": ("sgd", "adamw", "lars"),
     "schedule.name": ("cosine", "step", "constant"),
     "train.amp_dtype": ("bf16", "fp16"),

@@ -14,7 +14,8 @@ import torch
 from vislab.convert.detectron2 import detectron2_rcnn, detectron2_vitdet
 from vislab.convert.mae import mae_encoder, mae_pretrain
 from vislab.convert.moco import moco_resnet, moco_vit
-from vislab.convert.pytorchvideo import pytorchvideo_resnet3d, pytorchvideo_slowfast, pytorchvideo_x3d
+from vislab.convert.pytorchvideo import (DETECTION_OPTIONS, pytorchvideo_resnet3d, pytorchvideo_resnet3d_detection,
+                                        pytorchvideo_slowfast, pytorchvideo_slowfast_detection, pytorchvideo_x3d)
 from vislab.convert.pytorchvideo_mvit import pytorchvideo_mvit
 from vislab.convert.timm_convnext import timm_convnext
 from vislab.convert.timm_mvitv2 import timm_mvitv2
@@ -45,16 +46,21 @@ CONVERTERS: dict[tuple[str, str], Converter] = {
     ("pytorchvideo", "resnet3d"): pytorchvideo_resnet3d,
     ("pytorchvideo", "slowfast"): pytorchvideo_slowfast,
     ("pytorchvideo", "x3d"): pytorchvideo_x3d,
+    ("pytorchvideo", "ava_resnet3d"): pytorchvideo_resnet3d_detection,
+    ("pytorchvideo", "ava_slowfast"): pytorchvideo_slowfast_detection,
 }
 
 # options that reproduce the source's numerics, recorded with the converted weights
 SOURCE_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("torchvision", "rcnn"): TORCHVISION_RCNN_OPTIONS,
+    ("pytorchvideo", "ava_resnet3d"): DETECTION_OPTIONS,
+    ("pytorchvideo", "ava_slowfast"): DETECTION_OPTIONS,
 }
 
 # where the class count can be read, and how many of those rows are background
 CLASS_ROWS = (("head.fc.weight", 0), ("roi_heads.box_predictor.cls_score.weight", 1),
-              ("roi_heads.box_predictors.0.cls_score.weight", 1), ("head.cls_logits.weight", 0))
+              ("roi_heads.box_predictors.0.cls_score.weight", 1), ("head.cls_logits.weight", 0),
+              ("head.proj.weight", 0))
 
 
 def class_count(converted: dict[str, torch.Tensor]) -> int | None:

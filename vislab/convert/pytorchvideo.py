@@ -8,6 +8,16 @@ so stages are numbered by their order, not their block index. SlowFast nests bot
 (``multipathway_fusion``). X3D's stem names its two convs the other way round (``conv_t`` is the
 1x3x3 spatial conv), its SE sits in ``norm_b.1`` and its head in ``pool.{pre,post}_conv``; the
 1x1x1 ``post_conv`` (lin5) becomes a linear layer.
+
+The AVA detectors (``slow_r50_detection``, ``slowfast_r50_detection``) hold the classifier's
+trunk under ``model.`` and the RoI head's linear layer as ``detection_head.proj``; the head's
+pooling and RoIAlign have no tensors. Two layout differences that carry no weights: pytorchvideo
+average-pools time with a fixed kernel (4 frames for Slow; 8 and 32 for SlowFast, inside the
+trunk as ``blocks.5``), so it takes only clips of exactly that length, where vislab's head
+averages whatever time the maps have; and its SlowFast takes the ``[slow, fast]`` clips, where
+vislab picks the Slow frames from the one clip (``slow_pathway_frames``). Its RoIAlign is
+torchvision's default, ``aligned=False``, which the converted weights record as
+``roi_aligned=False``.
 """
 from __future__ import annotations
 
@@ -32,6 +42,8 @@ BOTTLENECK_RULES = (
     (r"\.branch2\.norm_c\.", ".norm3."),
 )
 HEAD_RULE = (r"^blocks\.\d+\.proj\.", "head.fc.")
+DETECTION_RULES = ((r"^model\.", ""), (r"^detection_head\.proj\.", "head.proj."))
+DETECTION_OPTIONS = {"roi_aligned": False}  # torchvision RoIAlign's default, which pytorchvideo keeps
 
 
 def _stage_names(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -88,3 +100,13 @@ def pytorchvideo_x3d(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     if "backbone.lin5.weight" in converted:
         converted["backbone.lin5.weight"] = converted["backbone.lin5.weight"].flatten(1)
     return converted
+
+
+def pytorchvideo_resnet3d_detection(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``slow_r50_detection`` (``create_resnet_with_roi_head``)."""
+    return pytorchvideo_resnet3d(rename_keys(state_dict, DETECTION_RULES))
+
+
+def pytorchvideo_slowfast_detection(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``slowfast_r50_detection`` (``create_slowfast_with_roi_head``)."""
+    return pytorchvideo_slowfast(rename_keys(state_dict, DETECTION_RULES))

@@ -37,6 +37,27 @@ def collate_detection(samples: list, *, size_divisibility: int) -> dict:
     return {"images": images, "image_sizes": image_sizes, "targets": targets, "skipped": len(samples) - len(kept)}
 
 
+def collate_actors(samples: list) -> dict:
+    """Batch ``(clip, target)`` pairs of actor-centric detection: clips zero-padded at the
+    bottom/right to one size ``[B, 3, T, H, W]``, every sample's boxes in one ``[K, 5]`` tensor
+    (batch index, x1, y1, x2, y2: the RoI head's input), their multi-hot ``labels`` ``[K, C]``,
+    and per box its ``keyframes`` entry and ``normalised_boxes`` row (for writing detections)."""
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        return {"clips": torch.empty(0), "boxes": torch.empty(0, 5), "labels": torch.empty(0), "keyframes": [],
+                "normalised_boxes": torch.empty(0, 4), "skipped": len(samples)}
+    height, width = (max(sides) for sides in zip(*(clip.shape[-2:] for clip, _ in kept)))
+    clips = torch.zeros((len(kept), *kept[0][0].shape[:2], height, width), dtype=kept[0][0].dtype)
+    for padded, (clip, _) in zip(clips, kept):
+        padded[..., :clip.shape[-2], :clip.shape[-1]] = clip
+    targets = [target for _, target in kept]
+    boxes = torch.cat([torch.cat([torch.full((len(t["boxes"]), 1), float(i)), t["boxes"]], dim=1)
+                       for i, t in enumerate(targets)])
+    return {"clips": clips, "boxes": boxes, "labels": torch.cat([t["labels"] for t in targets]),
+            "keyframes": [t["keyframe"] for t in targets for _ in range(len(t["boxes"]))],
+            "normalised_boxes": torch.cat([t["normalised_boxes"] for t in targets]),
+            "skipped": len(samples) - len(kept)}
+
 def seed_worker(worker_id: int) -> None:
     """Give each worker's numpy and ``random`` a seed derived from its torch seed."""
     seed = torch.initial_seed() % 2**32

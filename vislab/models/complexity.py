@@ -11,7 +11,8 @@ activations and pooling are not counted, as in the papers and fvcore. The model 
 ``energy_mj`` prices them (Adder FCOS, Chen et al., 2021, section 3.3: a convolution's
 multiply-add is one fp32 multiplication and one addition, an adder layer's two additions; 3.7 pJ
 per multiplication and 0.9 pJ per addition by default). A model with ``dense_forward`` (a
-one-stage detector) is counted through it: its network without post-processing.
+one-stage detector) is counted through it: its network without post-processing; an action
+detector through ``forward_whole_frames``: the clip and one box covering its frame.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def operation_counts(model: nn.Module, input_size: Sequence[int], *, batch_size:
     was_training = model.training
     model.train(training)
     counter = FlopCounterMode(display=False)
-    forward = getattr(model, "dense_forward", model)
+    forward = getattr(model, "dense_forward", None) or getattr(model, "forward_whole_frames", model)
     try:
         with counter, torch.no_grad():
             forward(x if views == 1 else [x] * views)

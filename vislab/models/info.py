@@ -43,7 +43,8 @@ def model_info(name: str, *, input_size: Sequence[int] | None = None, **override
         "input": list(size),
         "num_classes": entry.num_classes,
         "reference": None if ref is None else {"params": ref.params, "gmacs": ref.gmacs, "top1": ref.top1,
-                                               "box_ap": ref.box_ap, "mask_ap": ref.mask_ap, "source": ref.source},
+                                               "box_ap": ref.box_ap, "mask_ap": ref.mask_ap, "ava_map": ref.ava_map,
+                                               "source": ref.source},
     }
 
 

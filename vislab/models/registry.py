@@ -9,8 +9,8 @@ from torch import nn
 
 from vislab.models.features import FeatureMaps
 from vislab.models.registry_types import ModelEntry
-from vislab.models.zoo import (convnext, fcos, mae, moco, mvit_video, mvitv2, rcnn, resnet, resnetv2, video_cnn,
-                               vit, vitdet)
+from vislab.models.zoo import (ava, convnext, fcos, mae, moco, mvit_video, mvitv2, rcnn, resnet, resnetv2,
+                               video_cnn, vit, vitdet)
 
 
 class UnknownModelError(KeyError):
@@ -22,7 +22,8 @@ class UnknownModelError(KeyError):
 
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
-    for family in (resnet, resnetv2, vit, convnext, mvitv2, mae, moco, rcnn, vitdet, fcos, mvit_video, video_cnn)
+    for family in (resnet, resnetv2, vit, convnext, mvitv2, mae, moco, rcnn, vitdet, fcos, mvit_video, video_cnn,
+                   ava)
     for entry in family.ENTRIES
 }
 

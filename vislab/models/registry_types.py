@@ -17,6 +17,7 @@ class Reference:
     top1: float | None = None  # published ImageNet-1k top-1 (%), for the zoo page
     box_ap: float | None = None  # published COCO box AP (detectors), for the zoo page
     mask_ap: float | None = None  # published COCO mask AP
+    ava_map: float | None = None  # published AVA v2.2 frame mAP@0.5 (action detectors)
 
 
 @dataclass(frozen=True)

@@ -28,4 +28,8 @@ def build_task(cfg: DictConfig):
         from vislab.tasks.video import VideoTask
 
         return VideoTask(cfg)
+    if cfg.task == "action_detection":
+        from vislab.tasks.action_detection import ActionDetectionTask
+
+        return ActionDetectionTask(cfg)
     raise ValueError(f"unknown task {cfg.task!r}")

@@ -29,17 +29,16 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-import av
 import numpy as np
 
 from vislab.data.datasets.shapes import SPLIT_CODES, ensure_generated, rasterise, shape_outline
+from vislab.data.video.encode import write_mp4
 
 MOTIONS = ("move_left", "move_right", "move_up", "move_down", "grow", "shrink", "rotate", "still")
 MOVING_KINDS = ("square", "triangle", "star", "hexagon")
 NUM_FRAMES = 32
 SIZE = 64
 FPS = 10
-KEYFRAME_INTERVAL = 8  # several key frames a clip, so that decoding a clip exercises seeking
 RADIUS = (0.08, 0.22)  # of the circumscribed circle, as a fraction of the frame side
 TRAVEL = (0.3, 0.5)  # distance a moving shape covers in a clip, as a fraction of the frame side
 DEGREES_PER_FRAME = (8.0, 12.0)
@@ -63,7 +62,7 @@ def _centres(rng: np.random.Generator, motion: str, *, radius: float, size: int,
     return start + np.linspace(0, 1, num_frames)[:, None] * travel
 
 
-def _background(rng: np.random.Generator, *, size: int, dark: bool) -> np.ndarray:
+def plain_background(rng: np.random.Generator, *, size: int, dark: bool) -> np.ndarray:
     """Float [size, size, 3]: a dark or light colour, a linear gradient about it at a random angle, still noise."""
     colour = rng.uniform(*(DARK if dark else LIGHT), 3)
     ys, xs = np.mgrid[0:size, 0:size]
@@ -79,7 +78,7 @@ def draw_clip(rng: np.random.Generator, *, label: int, num_frames: int = NUM_FRA
     """uint8 frames [T, size, size, 3] of a shape moving as ``MOTIONS[label]``, and its masks [T, size, size]."""
     motion = MOTIONS[label]
     dark_background = bool(rng.integers(2))
-    background = _background(rng, size=size, dark=dark_background)
+    background = plain_background(rng, size=size, dark=dark_background)
     kind = MOVING_KINDS[rng.integers(len(MOVING_KINDS))]
     colour = rng.uniform(*(LIGHT if dark_background else DARK), 3)
     angles = np.full(num_frames, rng.uniform(0, 2 * np.pi))
@@ -100,28 +99,6 @@ def draw_clip(rng: np.random.Generator, *, label: int, num_frames: int = NUM_FRA
         masks[t] = rasterise(outline, height=size, width=size)
         frames[t] = np.where(masks[t][..., None], colour, background).astype(np.uint8)
     return frames, masks
-
-
-def _encoder() -> str:
-    """H.264 when this FFmpeg build has libx264, else MPEG-4 part 2, which every build has."""
-    try:
-        av.codec.Codec("libx264", "w")
-        return "libx264"
-    except av.FFmpegError:
-        return "mpeg4"
-
-
-def write_mp4(path: Path, frames: np.ndarray, *, fps: int) -> None:
-    """Encode uint8 [T, H, W, 3] (H and W even, as yuv420p needs) single-threaded, so that the
-    same frames give the same file on any machine."""
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream(_encoder(), rate=fps, options={"threads": "1"})
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.gop_size = KEYFRAME_INTERVAL
-        for pixels in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        container.mux(stream.encode())
 
 
 def generate_moving_shapes(out: Path, *, train: int, val: int, seed: int, num_frames: int = NUM_FRAMES,

@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 
 
-def _to_float(frames: torch.Tensor) -> torch.Tensor:
+def to_float_frames(frames: torch.Tensor) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float ``[T, 3, H, W]`` in [0, 1]."""
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     return frames.permute(0, 3, 1, 2).float().div_(255)
 
 
-def _scale_short_side(frames: torch.Tensor, *, size: int) -> torch.Tensor:
+def scale_short_side(frames: torch.Tensor, *, size: int) -> torch.Tensor:
     """Scale ``[T, 3, H, W]`` so its shorter side is ``size``, the longer one floor-rounded."""
     height, width = frames.shape[-2:]
     if min(height, width) == size:
@@ -38,12 +38,12 @@ def _scale_short_side(frames: torch.Tensor, *, size: int) -> torch.Tensor:
     return F.interpolate(frames, size=new_size, mode="bilinear", align_corners=False)
 
 
-def _normalise(frames: torch.Tensor, *, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalise_clip(frames: torch.Tensor, *, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``[T, 3, h, w]`` -> normalised ``[3, T, h, w]``."""
     return ((frames - mean) / std).permute(1, 0, 2, 3).contiguous()
 
 
-def _channels(values: Sequence[float], *, name: str) -> torch.Tensor:
+def channel_values(values: Sequence[float], *, name: str) -> torch.Tensor:
     if len(values) != 3:
         raise ValueError(f"{name} needs one value per RGB channel, got {list(values)}")
     return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
@@ -52,14 +52,14 @@ def _channels(values: Sequence[float], *, name: str) -> torch.Tensor:
 def _train_clip(frames: torch.Tensor, *, crop_size: int, short_side_range: tuple[int, int], hflip: bool,
                 mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     short_side = int(torch.randint(short_side_range[0], short_side_range[1] + 1, ()))
-    clip = _scale_short_side(_to_float(frames), size=short_side)
+    clip = scale_short_side(to_float_frames(frames), size=short_side)
     height, width = clip.shape[-2:]
     top = int(torch.randint(0, height - crop_size + 1, ()))
     left = int(torch.randint(0, width - crop_size + 1, ()))
     clip = clip[..., top:top + crop_size, left:left + crop_size]
     if hflip and torch.rand(()) < 0.5:
         clip = clip.flip(-1)
-    return _normalise(clip, mean=mean, std=std)
+    return normalise_clip(clip, mean=mean, std=std)
 
 
 def _crop_offsets(*, height: int, width: int, crop_size: int, num_crops: int) -> list[tuple[int, int]]:
@@ -76,21 +76,27 @@ def _crop_offsets(*, height: int, width: int, crop_size: int, num_crops: int) ->
 
 def _test_views(frames: torch.Tensor, *, crop_size: int, short_side: int, num_crops: int,
                 mean: torch.Tensor, std: torch.Tensor) -> list[torch.Tensor]:
-    clip = _scale_short_side(_to_float(frames), size=short_side)
+    clip = scale_short_side(to_float_frames(frames), size=short_side)
     height, width = clip.shape[-2:]
-    return [_normalise(clip[..., top:top + crop_size, left:left + crop_size], mean=mean, std=std)
+    return [normalise_clip(clip[..., top:top + crop_size, left:left + crop_size], mean=mean, std=std)
             for top, left in _crop_offsets(height=height, width=width, crop_size=crop_size, num_crops=num_crops)]
+
+
+def jitter_range(short_side_range: Sequence[int], *, crop_size: int) -> tuple[int, int]:
+    """``(low, high)`` of a short-side jitter, checked to be ordered and to fit ``crop_size``."""
+    low, high = short_side_range
+    if not crop_size <= low <= high:
+        raise ValueError(f"short_side_range {list(short_side_range)} must be ordered and start at or above "
+                         f"crop_size {crop_size}")
+    return low, high
 
 
 def video_train_transform(*, crop_size: int, short_side_range: Sequence[int] = (256, 320), hflip: bool = True,
                           mean: Sequence[float], std: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 ``[T, H, W, 3]`` -> one randomly scaled, cropped and flipped clip ``[3, T, crop, crop]``."""
-    low, high = short_side_range
-    if not crop_size <= low <= high:
-        raise ValueError(f"short_side_range {list(short_side_range)} must be ordered and start at or above "
-                         f"crop_size {crop_size}")
-    return partial(_train_clip, crop_size=crop_size, short_side_range=(low, high), hflip=hflip,
-                   mean=_channels(mean, name="mean"), std=_channels(std, name="std"))
+    return partial(_train_clip, crop_size=crop_size,
+                   short_side_range=jitter_range(short_side_range, crop_size=crop_size), hflip=hflip,
+                   mean=channel_values(mean, name="mean"), std=channel_values(std, name="std"))
 
 
 def video_test_views(*, crop_size: int, short_side: int, num_crops: int = 3, mean: Sequence[float],
@@ -102,4 +108,4 @@ def video_test_views(*, crop_size: int, short_side: int, num_crops: int = 3, mea
     if num_crops < 1:
         raise ValueError(f"num_crops must be >= 1, got {num_crops}")
     return partial(_test_views, crop_size=crop_size, short_side=short_side, num_crops=num_crops,
-                   mean=_channels(mean, name="mean"), std=_channels(std, name="std"))
+                   mean=channel_values(mean, name="mean"), std=channel_values(std, name="std"))

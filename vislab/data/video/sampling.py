@@ -45,3 +45,12 @@ def test_clip_indices(*, num_frames_video: int, num_frames: int, stride: int, nu
     else:
         starts = [round(i * latest_start / (num_clips - 1)) for i in range(num_clips)]
     return [_clip(start, num_frames_video=num_frames_video, num_frames=num_frames, stride=stride) for start in starts]
+
+
+def keyframe_clip_indices(*, keyframe: int, num_frames_video: int, num_frames: int, stride: int) -> list[int]:
+    """The clip centred on an annotated keyframe (AVA): ``num_frames`` frames ``stride`` apart
+    starting ``num_frames * stride // 2`` frames before it, clamped to the video's frames, as
+    PySlowFast's ``ava_helper.get_sequence`` takes them. Stride 0 repeats the keyframe."""
+    _check(num_frames_video=num_frames_video, num_frames=num_frames, stride=stride)
+    start = keyframe - num_frames * stride // 2
+    return [min(max(start + i * stride, 0), num_frames_video - 1) for i in range(num_frames)]

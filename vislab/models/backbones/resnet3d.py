@@ -22,25 +22,35 @@ STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
 
 def conv3d(w_in: int, w_out: int, kernel: Sequence[int], *, stride: Sequence[int] = (1, 1, 1),
-           groups: int = 1) -> nn.Conv3d:
-    """A bias-free 3-D convolution with 'same' padding for odd kernels."""
-    return nn.Conv3d(w_in, w_out, tuple(kernel), stride=tuple(stride), padding=tuple(k // 2 for k in kernel),
-                     groups=groups, bias=False)
+           groups: int = 1, dilation: Sequence[int] = (1, 1, 1)) -> nn.Conv3d:
+    """A bias-free 3-D convolution with 'same' padding for odd kernels (``dilation * (k // 2)``)."""
+    padding = tuple(d * (k // 2) for k, d in zip(kernel, dilation))
+    return nn.Conv3d(w_in, w_out, tuple(kernel), stride=tuple(stride), padding=padding, groups=groups,
+                     dilation=tuple(dilation), bias=False)
+
+
+def last_stage_stride(res5_dilation: int) -> int:
+    """The spatial stride of res5's first block: 2, or 1 when res5 is dilated by 2 instead (the AVA
+    detectors' res5 at stride 16: SlowFast paper, section 5.1; PySlowFast ``SPATIAL_STRIDES``
+    ``[[1], [2], [2], [1]]`` with ``SPATIAL_DILATIONS`` ``[[1], [1], [1], [2]]``)."""
+    if res5_dilation not in (1, 2):
+        raise ValueError(f"res5_dilation must be 1 (stride 32) or 2 (stride 16), got {res5_dilation}")
+    return 2 // res5_dilation
 
 
 class Bottleneck3d(nn.Module):
-    """``t x 1 x 1`` reduce, ``1 x 3 x 3`` (spatially strided), ``1 x 1 x 1`` expand, residual add,
-    ReLU; then the non-local block placed after this block, if any."""
+    """``t x 1 x 1`` reduce, ``1 x 3 x 3`` (spatially strided or dilated), ``1 x 1 x 1`` expand,
+    residual add, ReLU; then the non-local block placed after this block, if any."""
 
     expansion = 4
 
     def __init__(self, w_in: int, planes: int, *, stride: int, temporal_kernel: int, norm: str,
-                 norm_groups: int, nonlocal_block: NonLocalBlock | None = None):
+                 norm_groups: int, nonlocal_block: NonLocalBlock | None = None, dilation: int = 1):
         super().__init__()
         w_out = planes * self.expansion
         self.conv1 = conv3d(w_in, planes, (temporal_kernel, 1, 1))
         self.norm1 = get_norm(norm, planes, groups=norm_groups, dims=3)
-        self.conv2 = conv3d(planes, planes, (1, 3, 3), stride=(1, stride, stride))
+        self.conv2 = conv3d(planes, planes, (1, 3, 3), stride=(1, stride, stride), dilation=(1, dilation, dilation))
         self.norm2 = get_norm(norm, planes, groups=norm_groups, dims=3)
         self.conv3 = conv3d(planes, w_out, (1, 1, 1))
         self.norm3 = get_norm(norm, w_out, groups=norm_groups, dims=3)
@@ -101,6 +111,8 @@ class ResNet3d(nn.Module):
         norm, norm_groups: norm layer name for ``get_norm`` and GroupNorm's group count.
         zero_init_residual: start each block's last norm at zero scale, as PySlowFast's Kinetics
             recipes do (``RESNET.ZERO_INIT_FINAL_BN``; Goyal et al., 2017, section 5.1).
+        res5_dilation: 2 keeps res5 at stride 16 (no spatial stride, its 3x3 convs dilated by 2), as
+            the AVA detectors do (``last_stage_stride``); the weights are the same tensors.
     """
 
     def __init__(self, *, depths: Sequence[int], stem_temporal_kernel: int = 1,
@@ -108,7 +120,8 @@ class ResNet3d(nn.Module):
                  temporal_pool: int = 1, nonlocal_locations: Sequence[Sequence[int]] = ((), (), (), ()),
                  nonlocal_instantiation: str = "softmax", nonlocal_pool: Sequence[int] | None = (1, 2, 2),
                  width: float = 1.0, lateral_channels: Sequence[int] = (0, 0, 0, 0), norm: str = "BN",
-                 norm_groups: int = 32, zero_init_residual: bool = False, in_chans: int = 3):
+                 norm_groups: int = 32, zero_init_residual: bool = False, res5_dilation: int = 1,
+                 in_chans: int = 3):
         super().__init__()
         for name, value in (("depths", depths), ("temporal_kernels", temporal_kernels),
                             ("nonlocal_locations", nonlocal_locations), ("lateral_channels", lateral_channels)):
@@ -126,7 +139,8 @@ class ResNet3d(nn.Module):
         self._shapes: dict[str, ShapeSpec] = {}
         w_in, stride = base, self.stem.stride
         for index, name in enumerate(STAGE_NAMES):
-            planes, first_stride = base * 2**index, 1 if index == 0 else 2
+            planes, dilation = base * 2**index, res5_dilation if name == "res5" else 1
+            first_stride = 1 if index == 0 else last_stage_stride(res5_dilation) if name == "res5" else 2
             kernels = temporal_kernels[index]
             blocks = []
             for b in range(depths[index]):
@@ -138,7 +152,8 @@ class ResNet3d(nn.Module):
                 blocks.append(Bottleneck3d(w_in + (lateral_channels[index] if b == 0 else 0), planes,
                                            stride=first_stride if b == 0 else 1,
                                            temporal_kernel=kernels[b % len(kernels)], norm=norm,
-                                           norm_groups=norm_groups, nonlocal_block=nonlocal_block))
+                                           norm_groups=norm_groups, nonlocal_block=nonlocal_block,
+                                           dilation=dilation))
                 w_in = planes * Bottleneck3d.expansion
             stride *= first_stride
             self.add_module(name, nn.Sequential(*blocks))

@@ -60,26 +60,34 @@ class SlowFast(nn.Module):
         slow_temporal_kernels, fast_temporal_kernels: per stage, as ``ResNet3d.temporal_kernels``
             (table 1: Slow 1, 1, 3, 3; Fast 3 in every stage); the stems use 1 and 5.
         width: multiplier on both pathways' widths (1.0 for the paper's models).
-        norm, norm_groups, zero_init_residual: as in ``ResNet3d``.
+        slow_nonlocal_locations, nonlocal_instantiation, nonlocal_pool: non-local blocks in the Slow
+            pathway, as ``ResNet3d``'s (PySlowFast ``NONLOCAL.LOCATION`` of pathway 0; its AVA
+            SlowFast R101 has three in res4).
+        norm, norm_groups, zero_init_residual, res5_dilation: as in ``ResNet3d``, for both pathways.
     """
 
     def __init__(self, *, depths: Sequence[int], alpha: int, beta_inv: int = 8, fusion_kernel: int = 5,
                  fusion_channel_ratio: int = 2,
                  slow_temporal_kernels: Sequence[Sequence[int]] = ((1,), (1,), (3,), (3,)),
                  fast_temporal_kernels: Sequence[Sequence[int]] = ((3,), (3,), (3,), (3,)),
+                 slow_nonlocal_locations: Sequence[Sequence[int]] = ((), (), (), ()),
+                 nonlocal_instantiation: str = "softmax", nonlocal_pool: Sequence[int] | None = (1, 2, 2),
                  width: float = 1.0, norm: str = "BN", norm_groups: int = 32, zero_init_residual: bool = False,
-                 in_chans: int = 3):
+                 res5_dilation: int = 1, in_chans: int = 3):
         super().__init__()
         self.alpha = alpha
         fast_width = width / beta_inv
         self.fast = ResNet3d(depths=depths, stem_temporal_kernel=5, temporal_kernels=fast_temporal_kernels,
                              width=fast_width, norm=norm, norm_groups=norm_groups,
-                             zero_init_residual=zero_init_residual, in_chans=in_chans)
+                             zero_init_residual=zero_init_residual, res5_dilation=res5_dilation, in_chans=in_chans)
         fast_channels = [self.fast.stem.conv.out_channels] + [
             self.fast.output_shape()[name].channels for name in STAGE_NAMES[:-1]]
         self.slow = ResNet3d(depths=depths, stem_temporal_kernel=1, temporal_kernels=slow_temporal_kernels,
+                             nonlocal_locations=slow_nonlocal_locations, nonlocal_instantiation=nonlocal_instantiation,
+                             nonlocal_pool=nonlocal_pool,
                              lateral_channels=[c * fusion_channel_ratio for c in fast_channels], width=width, norm=norm,
-                             norm_groups=norm_groups, zero_init_residual=zero_init_residual, in_chans=in_chans)
+                             norm_groups=norm_groups, zero_init_residual=zero_init_residual,
+                             res5_dilation=res5_dilation, in_chans=in_chans)
         self.lateral = nn.ModuleDict({
             name: LateralConnection(channels, channel_ratio=fusion_channel_ratio, kernel=fusion_kernel,
                                     alpha=alpha, norm=norm, norm_groups=norm_groups)

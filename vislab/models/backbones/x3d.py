@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vislab.layers import get_norm
-from vislab.models.backbones.resnet3d import STAGE_NAMES, conv3d, init_video_weights
+from vislab.models.backbones.resnet3d import STAGE_NAMES, conv3d, init_video_weights, last_stage_stride
 from vislab.models.backbones.stages import run_stages
 from vislab.models.shape_spec import ShapeSpec
 
@@ -59,11 +59,12 @@ class X3DBlock(nn.Module):
     """
 
     def __init__(self, w_in: int, w_out: int, *, inner: int, stride: int, se_channels: int, norm: str,
-                 norm_groups: int):
+                 norm_groups: int, dilation: int = 1):
         super().__init__()
         self.conv1 = conv3d(w_in, inner, (1, 1, 1))
         self.norm1 = get_norm(norm, inner, groups=norm_groups, dims=3)
-        self.conv2 = conv3d(inner, inner, (3, 3, 3), stride=(1, stride, stride), groups=inner)
+        self.conv2 = conv3d(inner, inner, (3, 3, 3), stride=(1, stride, stride), groups=inner,
+                            dilation=(1, dilation, dilation))
         self.norm2 = get_norm(norm, inner, groups=norm_groups, dims=3)
         self.se = SqueezeExcitation3d(inner, se_channels) if se_channels else nn.Identity()
         self.conv3 = conv3d(inner, w_out, (1, 1, 1))
@@ -107,8 +108,9 @@ class X3DStem(nn.Module):
 
 
 class X3D(nn.Module):
-    """X3D trunk; ``forward_features`` returns ``res2``..``res5``, ``forward_pooled`` the
-    ``lin5`` features (``num_features`` = ``head_width``).
+    """X3D trunk; ``forward_features`` returns ``res2``..``res5`` and ``conv5`` (table 1's 1x1x1
+    conv on res5 to the bottleneck width, with norm and ReLU: 432 channels for X3D-M),
+    ``forward_pooled`` the ``lin5`` features (``num_features`` = ``head_width``).
 
     Args:
         width_factor: gamma_w, the channel expansion of stem and stages (2.0 for every variant).
@@ -116,15 +118,18 @@ class X3D(nn.Module):
         bottleneck_factor: gamma_b, the bottleneck (inner) width per output channel (2.25).
         base_width: stem and res2 width before expansion (12, i.e. 24 channels).
         se_ratio: squeeze-excitation reduction (1/16) on blocks 0, 2, 4, ... of each stage.
-        head_width: width of ``lin5`` (2048).
+        head_width: width of ``lin5`` (2048); 0 builds no ``lin5`` (``nn.Identity``, left out of
+            Kinetics weights by ``load_backbone_weights``): a detection trunk reads ``conv5``.
         stem_temporal_kernel: temporal size of the stem's channel-wise conv (5).
-        norm, norm_groups, zero_init_residual: as in ``ResNet3d``.
+        norm, norm_groups, zero_init_residual, res5_dilation: as in ``ResNet3d`` (a dilated res5
+            dilates its channel-wise 3x3x3 convs spatially, as PySlowFast's X3D transform does with
+            ``SPATIAL_DILATIONS``).
     """
 
     def __init__(self, *, width_factor: float = 2.0, depth_factor: float = 2.2, bottleneck_factor: float = 2.25,
                  base_width: int = 12, se_ratio: float = 1 / 16, head_width: int = 2048,
                  stem_temporal_kernel: int = 5, norm: str = "BN", norm_groups: int = 32,
-                 zero_init_residual: bool = False, in_chans: int = 3):
+                 zero_init_residual: bool = False, res5_dilation: int = 1, in_chans: int = 3):
         super().__init__()
         w_in = round_width(base_width, width_factor)
         self.stem = X3DStem(in_chans, w_in, temporal_kernel=stem_temporal_kernel, norm=norm,
@@ -137,32 +142,36 @@ class X3D(nn.Module):
             w_out = round_width(stage_base, width_factor)
             inner = int(bottleneck_factor * w_out)
             se_channels = round_width(inner, se_ratio) if se_ratio > 0 else 0
+            first_stride = last_stage_stride(res5_dilation) if name == "res5" else 2
             blocks = []
             for b in range(round_depth(BASE_DEPTHS[index], depth_factor)):
-                blocks.append(X3DBlock(w_in, w_out, inner=inner, stride=2 if b == 0 else 1,
+                blocks.append(X3DBlock(w_in, w_out, inner=inner, stride=first_stride if b == 0 else 1,
                                        se_channels=se_channels if b % 2 == 0 else 0, norm=norm,
-                                       norm_groups=norm_groups))
+                                       norm_groups=norm_groups, dilation=res5_dilation if name == "res5" else 1))
                 w_in = w_out
-            stride *= 2
+            stride *= first_stride
             self.add_module(name, nn.Sequential(*blocks))
             self._shapes[name] = ShapeSpec(channels=w_out, stride=stride)
         self.conv5 = conv3d(w_in, inner, (1, 1, 1))
         self.norm5 = get_norm(norm, inner, groups=norm_groups, dims=3)
-        self.lin5 = nn.Linear(inner, head_width, bias=False)
-        self.num_features = head_width
+        self._shapes["conv5"] = ShapeSpec(channels=inner, stride=stride)
+        self.lin5 = nn.Linear(inner, head_width, bias=False) if head_width else nn.Identity()
+        self.num_features = head_width or inner
         init_video_weights(self, zero_init_residual=zero_init_residual)
-        nn.init.kaiming_normal_(self.lin5.weight, mode="fan_out", nonlinearity="relu")
+        if head_width:
+            nn.init.kaiming_normal_(self.lin5.weight, mode="fan_out", nonlinearity="relu")
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         return dict(self._shapes)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return run_stages(self, x, stage_names=STAGE_NAMES)
+        features = run_stages(self, x, stage_names=STAGE_NAMES)
+        features["conv5"] = torch.relu(self.norm5(self.conv5(features["res5"])))
+        return features
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """``conv5`` + norm + ReLU on ``res5``, global average pool, ``lin5`` + ReLU (section 3)."""
-        x = torch.relu(self.norm5(self.conv5(self.forward_features(x)["res5"])))
-        return torch.relu(self.lin5(x.mean(dim=(2, 3, 4))))
+        """``conv5`` global average pool, ``lin5`` + ReLU (section 3)."""
+        return torch.relu(self.lin5(self.forward_features(x)["conv5"].mean(dim=(2, 3, 4))))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_features(x)

@@ -18,7 +18,7 @@ from vislab.engine.run import train
 from vislab.tasks.action_detection import ActionDetectionTask
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "ava" / "moving_actors_slowfast.yaml"
-TINY = ["data.synthetic_train=4", "data.synthetic_val=2", "data.batch_size=4", "data.num_workers=0",
+TINY = ["data.synthetic_train=4", "data.synthetic_val=3", "data.batch_size=4", "data.num_workers=0",
         "data.num_frames=8", "data.frame_stride=2", "data.image_size=64", "data.short_side_range=[64,72]",
         "data.test_short_side=64", "model.width=0.25", "schedule.warmup_epochs=0", "train.log_every=1"]
 
@@ -42,7 +42,10 @@ def test_samples_from_frames_and_from_mp4_agree(root):
     clip_mp4, target_mp4 = from_videos[0]
     assert clip.shape == clip_mp4.shape == (3, 8, 64, 64)
     assert torch.equal(target["boxes"], target_mp4["boxes"]) and target["keyframe"] == target_mp4["keyframe"]
-    assert (clip - clip_mp4).abs().mean() < 0.1  # JPEG and H.264 compress the same frames differently
+    # JPEG and H.264 compress the same frames differently: close, and far closer than another keyframe's clip
+    torch.manual_seed(0)
+    other, _ = from_frames[len(from_frames) - 1]
+    assert (clip - clip_mp4).abs().mean() < min(0.2, (clip - other).abs().mean() / 3)
 
 
 def test_training_boxes_carry_actions_and_proposals_join_them(root):

@@ -31,7 +31,7 @@ class FrameFolders:
     def read(self, video: str, indices: Sequence[int]) -> torch.Tensor:
         """uint8 ``[len(indices), H, W, 3]``; each distinct frame is decoded once (``read_rgb``:
         an unreadable frame is a ``BadImageError`` naming it)."""
-        decoded = {index: torch.from_numpy(np.asarray(read_rgb(self.frames[video][index])))
+        decoded = {index: torch.from_numpy(np.array(read_rgb(self.frames[video][index])))
                    for index in dict.fromkeys(indices)}
         return torch.stack([decoded[i] for i in indices])
 

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,export]' 2>&1 \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,export,cluster]' 2>&1 \
 		| grep -v "is neither a file nor a directory" || true
 	$(BIN)/python -c "import vislab, torch, torchvision, timm" && touch $(STAMP)
 

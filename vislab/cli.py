@@ -1,4 +1,4 @@
-"""The ``vislab`` command: train, eval, predict, models, flops, convert, export, data, study, ava-eval."""
+"""The ``vislab`` command: train, eval, predict, models, flops, convert, export, data, study, ava-eval, launch."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,8 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+
+from vislab.launch.command import LAUNCH_HELP, add_launch_arguments, launch_command
 
 EXAMPLES = {
     "train": """\
@@ -36,6 +38,9 @@ EXAMPLES = {
         vislab study configs/studies/gn_vs_bn_batch.yaml --dry-run
         vislab study configs/studies/data_scaling.yaml --jobs 2
         vislab study configs/studies/invariance.yaml --report-only""",
+    "launch": """\
+        vislab launch --nodes 2 --gpus-per-node 8 --partition gpu --timeout-min 1440 -- train configs/pretrain/mae_vit_b16.yaml
+        vislab launch --executor local --tasks-per-node 2 -- train configs/quickstart/digits.yaml""",
 }
 
 
@@ -139,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="members run at the same time (each gets a share of the CPU threads)")
     p.add_argument("--nproc-per-node", type=int, default=1, help="run each member through torchrun with this many processes")
     p.add_argument("--report-only", action="store_true", help="only write the report from the members that finished")
+    add_launch_arguments(add("launch", LAUNCH_HELP))
     return parser
 
 
@@ -150,6 +156,15 @@ def _cmd_study(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    """``_train``; under torchrun with its error recording (tracebacks in torchrun's failure summary)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return _train(args)
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(_train)(args)
+
+
+def _train(args) -> int:
     from vislab.config import load_config
     from vislab.engine.run import train
 
@@ -356,7 +371,7 @@ def _one_line(exc: BaseException) -> str:
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "models": _cmd_models,
             "flops": _cmd_flops, "convert": _cmd_convert, "export": _cmd_export, "data": _cmd_data,
-            "study": _cmd_study, "ava-eval": _cmd_ava_eval}
+            "study": _cmd_study, "ava-eval": _cmd_ava_eval, "launch": launch_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,7 +174,14 @@ def _check_values(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {OmegaConf.select(cfg, key)}")
     if not isinstance(cfg.resume, (bool, str)):
-        raise ConfigError(f"resume must be true, false or a checkpoint path, got {cfg.resume!r}")
+        raise ConfigError(f"resume must be true, false, auto or a checkpoint path, got {cfg.resume!r}")
+    if cfg.resume == "auto" and not cfg.output_dir:
+        raise ConfigError("resume=auto needs output_dir, the folder whose latest checkpoint it continues")
+    steps, minutes = cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes
+    if steps is not None and steps < 1:
+        raise ConfigError(f"train.checkpoint_every_steps must be at least 1 (or null), got {steps}")
+    if minutes is not None and not minutes > 0:
+        raise ConfigError(f"train.checkpoint_every_minutes must be above 0 (or null), got {minutes}")
 
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> DictConfig:

@@ -123,8 +123,12 @@ class TrainConfig:
     eval_images: int = 4  # validation images each evaluation draws (detections, MAE reconstructions); 0: none
     log_every: int = 20  # steps
     checkpoint_every: int = 1  # epochs
+    checkpoint_every_steps: Optional[int] = None  # also save inside epochs after this many steps ...
+    checkpoint_every_minutes: Optional[float] = None  # ... or minutes since the last checkpoint
     keep_last: int = 2  # checkpoints kept besides the best
     channels_last: bool = False
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, more time
+    compile: bool = False  # torch.compile each block (eager, with a warning, where compiling fails)
 
 
 @dataclass
@@ -132,7 +136,8 @@ class Config:
     task: str = "classification"
     recipe: Optional[str] = None  # the recipe's name (its file name unless set); names run dirs
     output_dir: Optional[str] = None  # default: runs/<recipe name>/<timestamp>
-    resume: Any = False  # true: latest checkpoint of output_dir (or newest run); or a checkpoint path
+    resume: Any = False  # true: latest checkpoint of output_dir (or newest run); or a checkpoint path;
+    # auto: output_dir's latest checkpoint if it holds one, else a fresh run there (a torchrun restart: auto)
     weights: Optional[str] = None  # initialise (train) or evaluate (eval) these model weights
     pretrained: Optional[str] = None  # initialise the backbone only (head left out): transfer learning
     bit_hyperrule: bool = False  # BiT-HyperRule: schedule, resolution and mixup from the data

@@ -4,7 +4,9 @@
 one contiguous slice per process, so the union of the processes' batches equals the batch a
 single process would draw. It yields ``(index, sample_seed)`` pairs; ``SeededSamples`` reseeds
 the random transforms from ``sample_seed``, so each image gets the same augmentation whichever
-process or worker loads it, and a resumed epoch replays exactly.
+process or worker loads it, and a resumed epoch replays exactly. An epoch resumed from a
+mid-epoch checkpoint starts at its next unseen batch (``set_epoch(epoch, start_batch=)``) with
+the order and sample seeds of the whole epoch.
 """
 from __future__ import annotations
 
@@ -34,9 +36,15 @@ class TrainSampler(Sampler):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, *, start_batch: int = 0) -> None:
+        """Iterate epoch ``epoch`` from its global batch ``start_batch`` on (0: the whole epoch)."""
+        if not 0 <= start_batch < self.batches_per_epoch:
+            raise ValueError(f"start_batch={start_batch} is outside epoch {epoch}, which has "
+                             f"{self.batches_per_epoch} batches")
         self.epoch = epoch
+        self.start_batch = start_batch
 
     @property
     def global_batch(self) -> int:
@@ -47,14 +55,14 @@ class TrainSampler(Sampler):
         return max(self.num_samples, self.global_batch) // self.global_batch
 
     def __len__(self) -> int:
-        return self.batches_per_epoch * self.batch_size
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         passes = -(-self.global_batch // self.num_samples)
         order = [i for p in range(passes)
                  for i in torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch, p)).tolist()]
         sample_seeds = torch.randint(0, 2**62, (len(order),), generator=_generator(self.seed, self.epoch, -1)).tolist()
-        for b in range(self.batches_per_epoch):
+        for b in range(self.start_batch, self.batches_per_epoch):
             start = b * self.global_batch + self.rank * self.batch_size
             for position in range(start, start + self.batch_size):
                 yield order[position], sample_seeds[position]

@@ -49,7 +49,15 @@ def init_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if attempt == 0:
+            dist.init_process_group(backend=backend)
+        else:
+            # torchrun's store outlives a failed attempt, and with it the addresses the dead
+            # processes published there: a restart's group keys its own (pytorch#167288)
+            store, _, _ = next(dist.rendezvous("env://"))
+            dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt_{attempt}", store),
+                                    rank=rank, world_size=world_size)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
@@ -76,6 +84,15 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_object(obj, info: DistInfo) -> list | None:
+    """Every process's ``obj`` in rank order on rank 0; None on the others."""
+    if not info.enabled:
+        return [obj]
+    gathered = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
 
 
 def shutdown(info: DistInfo) -> None:

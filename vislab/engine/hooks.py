@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image
 
+from vislab.engine.distributed import all_reduce_sum
 from vislab.utils.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -54,6 +56,46 @@ class CheckpointHook(Hook):
         if (trainer.epoch % self.every == 0 or trainer.epoch == trainer.max_epochs
                 or trainer.best_is_current):
             trainer.save_checkpoint(keep_last=self.keep_last)
+
+
+class MidEpochCheckpointHook(Hook):
+    """Saves inside an epoch once ``every_steps`` optimizer steps or ``every_minutes`` minutes have
+    passed since the last checkpoint (or since the run started).
+
+    An epoch's last step is left to the epoch-end checkpoint (``CheckpointHook``); when that one
+    does not save, the next step does. Rank 0's clock decides for every process: the save ends in
+    a barrier, so processes that disagreed would wait for each other forever."""
+
+    def __init__(self, *, every_steps: int | None, every_minutes: float | None, keep_last: int):
+        self.every_steps = every_steps
+        self.every_minutes = every_minutes
+        self.keep_last = keep_last
+        self.saved_step = 0
+        self.saved_time = 0.0
+
+    def _saved_now(self, trainer: "Trainer") -> None:
+        self.saved_step, self.saved_time = trainer.step, time.monotonic()
+
+    def before_train(self, trainer: "Trainer") -> None:
+        self._saved_now(trainer)
+
+    def after_step(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+        ends_epoch = trainer.steps_into_epoch == trainer.steps_per_epoch or trainer.step == trainer.total_steps
+        if not ends_epoch and self._due(trainer):
+            trainer.save_checkpoint(keep_last=self.keep_last, mid_epoch=True)
+            self._saved_now(trainer)
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        if trainer.saved_step == trainer.step:  # the epoch-end checkpoint was saved
+            self._saved_now(trainer)
+
+    def _due(self, trainer: "Trainer") -> bool:
+        if self.every_steps is not None and trainer.step - self.saved_step >= self.every_steps:
+            return True
+        if self.every_minutes is None:
+            return False
+        late = trainer.dist.is_main and time.monotonic() - self.saved_time >= 60 * self.every_minutes
+        return bool(all_reduce_sum(torch.tensor([float(late)]), trainer.dist)[0] > 0)
 
 
 class MetricsWriter(Hook):

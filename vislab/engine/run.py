@@ -13,7 +13,8 @@ import torch
 from omegaconf import DictConfig
 
 from vislab.config import to_yaml
-from vislab.engine.checkpoint import STATE_FILE, CheckpointDir, find_resumable
+from vislab.engine import elastic
+from vislab.engine.checkpoint import STATE_FILE, CheckpointDir, CheckpointError, find_resumable
 from vislab.engine.distributed import DistInfo, broadcast_object, init_distributed, resolve_device, shutdown
 from vislab.engine.trainer import Trainer
 from vislab.tasks import build_task
@@ -61,10 +62,31 @@ def _check_writable_folder(run_dir: Path) -> None:
                           f"choose another output_dir")
 
 
+def _newest_checkpoint(run_dir: Path) -> Path | None:
+    try:
+        return find_resumable(run_dir)
+    except CheckpointError:
+        return None
+
+
 def prepare_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
     """The run folder and where to resume from (``find_resumable``; None for a fresh run). A fresh
-    run's folder is created here, atomically; a folder holding an earlier run is refused."""
+    run's folder is created here, atomically; a folder holding an earlier run is refused.
+
+    ``resume=auto`` continues output_dir's newest checkpoint, or starts afresh there if it holds
+    none. A torchrun restart in the folder its own job's first attempt marked (``elastic``) does
+    the same whatever ``resume`` says, except that while no checkpoint is written there a resume
+    path (or true) is followed as given."""
     recipe = cfg.recipe or "run"
+    elastic.check_output_dir(cfg.output_dir)  # a restart implies an output_dir
+    restarted = elastic.is_restart() and elastic.marked_by_this_job(Path(cfg.output_dir))
+    if cfg.resume == "auto" or restarted:
+        run_dir = Path(cfg.output_dir)
+        _check_writable_folder(run_dir)
+        newest = _newest_checkpoint(run_dir)
+        if newest is not None or cfg.resume in ("auto", False):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            return run_dir, newest
     if isinstance(cfg.resume, str):
         source = find_resumable(cfg.resume)
         run_of_source = source.parent.parent if (source / STATE_FILE).is_file() else source.parent
@@ -130,6 +152,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 CheckpointDir(run_dir / "checkpoints").remove_stale_temporaries()
                 atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+                elastic.mark(run_dir)
             trainer = Trainer(cfg, task, run_dir=run_dir, device=device, dist=dist)
             if resume_from is not None:
                 trainer.resume_from(resume_from)

@@ -24,9 +24,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vislab.config import to_yaml
 from vislab.engine import checkpoint as ckpt
-from vislab.engine.distributed import DistInfo, all_reduce_sum, barrier
+from vislab.engine.block_wrapping import wrap_blocks
+from vislab.engine.distributed import DistInfo, barrier, gather_object
 from vislab.engine.ema import build_ema
-from vislab.engine.hooks import CheckpointHook, CurvesHook, EvalHook, Hook, MetricsWriter, ProgressHook
+from vislab.engine.hooks import (CheckpointHook, CurvesHook, EvalHook, Hook, MetricsWriter, MidEpochCheckpointHook,
+                                 ProgressHook)
+from vislab.engine.log_window import LogWindow
 from vislab.engine.optim import build_optimizer
 from vislab.engine.schedule import LRSchedule, apply_lr
 from vislab.utils.finite import finite_outputs
@@ -114,6 +117,8 @@ class Trainer:
             warmup_factor=s.warmup_factor, gamma=s.gamma, min_lr_ratio=s.min_lr_ratio,
             milestones=sorted([int(round(m * self.steps_per_epoch)) for m in s.milestones] + list(s.milestone_steps)))
         self.ema = build_ema(model, decay=train.ema_decay) if train.ema_decay is not None else None
+        # after the EMA's deep copy (a copied compiled forward would run this model's weights), before DDP
+        wrap_blocks(model, activation_checkpointing=train.activation_checkpointing, compile_blocks=train.compile)
 
         self.amp = train.amp if train.amp is not None else device.type == "cuda"
         if self.amp and train.amp_dtype == "fp16" and device.type != "cuda":
@@ -132,6 +137,11 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.start_step = 0
+        self.epoch_start_step = 0
+        self.saved_step = -1  # the step of the newest checkpoint this run saved
+        # a mid-epoch checkpoint resumed from: the steps it had done in its epoch, this process's RNG then
+        self.resume_point: tuple[int, dict[str, Any]] | None = None
+        self.log_window = LogWindow()
         self.best: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
         self._new_best = False
@@ -145,6 +155,10 @@ class Trainer:
             self.writer = MetricsWriter(self.run_dir)
             hooks += [self.writer, ProgressHook(total_steps=self.total_steps)]
         hooks.append(CheckpointHook(every=train.checkpoint_every, keep_last=train.keep_last))
+        if train.checkpoint_every_steps is not None or train.checkpoint_every_minutes is not None:
+            hooks.append(MidEpochCheckpointHook(every_steps=train.checkpoint_every_steps,
+                                                every_minutes=train.checkpoint_every_minutes,
+                                                keep_last=train.keep_last))
         if self.dist.is_main:
             hooks.append(CurvesHook(self.run_dir))
         return hooks
@@ -152,6 +166,11 @@ class Trainer:
     @property
     def epoch_float(self) -> float:
         return self.step / self.steps_per_epoch
+
+    @property
+    def steps_into_epoch(self) -> int:
+        """Optimizer steps done in the current epoch."""
+        return self.step - self.epoch_start_step
 
     # ---------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
@@ -176,13 +195,18 @@ class Trainer:
     def _train_one_epoch(self) -> None:
         train = self.cfg.train
         accumulate = train.accumulate_steps
-        self.train_sampler.set_epoch(self.epoch)
-        seed_everything(train.seed, self.epoch, self.dist.rank)
+        done, resumed_rng = self.resume_point or (0, None)
+        self.resume_point = None
+        self.epoch_start_step = self.step - done
+        self.train_sampler.set_epoch(self.epoch, start_batch=done * accumulate)
+        if resumed_rng is None:
+            seed_everything(train.seed, self.epoch, self.dist.rank)
+            self.log_window.reset()
         self.model.train()
-        batches = iter(self.train_loader)
-        window = torch.zeros(4, dtype=torch.float64)  # loss sum, loss count, images, skipped
-        window_start = time.perf_counter()
-        for _ in range(min(self.steps_per_epoch, self.total_steps - self.step)):
+        batches = iter(self.train_loader)  # draws its base seed from the RNG: restore the RNG after it
+        if resumed_rng is not None:
+            ckpt.set_rng_state(resumed_rng)
+        for _ in range(min(self.steps_per_epoch - done, self.total_steps - self.step)):
             lr = apply_lr(self.optimizer, base_lr=self.peak_lr, factor=self.schedule(self.step))
             for micro in range(accumulate):
                 batch = next(batches)
@@ -201,8 +225,7 @@ class Trainer:
                     elif not torch.isfinite(loss.detach()).item():
                         self._stop_non_finite(loss)
                     self.scaler.scale(loss / accumulate).backward()
-                window += torch.tensor([loss.item() * num_images, num_images, num_images,
-                                        batch.get("skipped", 0)], dtype=torch.float64)
+                self.log_window.add(loss=loss.item(), images=num_images, skipped=batch.get("skipped", 0))
             if train.clip_grad_norm is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), train.clip_grad_norm)
@@ -214,14 +237,10 @@ class Trainer:
             self.step += 1
             metrics: dict[str, float] = {}
             if self.step % train.log_every == 0 or self.step == self.total_steps:
-                totals = all_reduce_sum(window, self.dist)
-                self.skipped_samples += int(totals[3])
-                elapsed = time.perf_counter() - window_start
-                metrics = {"loss": float(totals[0] / max(totals[1], 1)), "lr": lr,
-                           "images_per_s": float(totals[2]) / max(elapsed, 1e-9),
+                totals = self.log_window.close(self.dist)
+                self.skipped_samples += totals["skipped"]
+                metrics = {"loss": totals["loss"], "lr": lr, "images_per_s": totals["images_per_s"],
                            "data/skipped": self.skipped_samples}
-                window.zero_()
-                window_start = time.perf_counter()
             for hook in self.hooks:
                 hook.after_step(self, metrics)
 
@@ -262,24 +281,32 @@ class Trainer:
         return record
 
     # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, *, keep_last: int) -> None:
+    def save_checkpoint(self, *, keep_last: int, mid_epoch: bool = False) -> None:
+        """Save (rank 0) and wait for it (every process). A ``mid_epoch`` checkpoint, named after the
+        epochs done and the step (``epoch_0001_step_00000009`` sorts between ``epoch_0001`` and
+        ``epoch_0002``), is never the best one: no evaluation has seen its weights."""
+        # every process's RNG and logging sums: a mid-epoch resume continues each from where it was
+        per_rank = gather_object({"rng": ckpt.rng_state(), "log_window": self.log_window.state()}, self.dist)
         if self.dist.is_main:
-            name = f"epoch_{self.epoch:04d}"
+            name = f"epoch_{self.epoch:04d}_step_{self.step:08d}" if mid_epoch else f"epoch_{self.epoch:04d}"
             metadata = {"model": self.cfg.model.name, "task": self.cfg.task, "config": to_yaml(self.cfg),
                         "epoch": self.epoch, "step": self.step, "metrics": self.last_eval,
                         **self.task.metadata()}
-            state = {"epoch": self.epoch, "step": self.step, "optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(), "best": self.best,
-                     "config": to_yaml(self.cfg)}
+            state = {"epoch": self.epoch, "step": self.step, "steps_per_epoch": self.steps_per_epoch,
+                     "steps_into_epoch": self.steps_into_epoch if mid_epoch else 0,
+                     "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                     "rng": [r["rng"] for r in per_rank], "log_window": [r["log_window"] for r in per_rank],
+                     "skipped_samples": self.skipped_samples, "best": self.best, "config": to_yaml(self.cfg)}
             extra = {}
             if self.ema is not None:
                 extra[ckpt.EMA_FILE] = self.ema.module.state_dict()
                 state["ema_updates"] = self.ema.n_averaged
             self.checkpoints.save(name, model_state=self.model_without_ddp.state_dict(),
                                   metadata=metadata, trainer_state=state, extra_weights=extra)
-            if self.best_is_current:
+            if self.best_is_current and not mid_epoch:
                 self.checkpoints.mark_best(name)
             self.checkpoints.prune(keep_last=keep_last)
+        self.saved_step = self.step
         barrier(self.dist)
 
     @property
@@ -312,8 +339,28 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
-        ckpt.set_rng_state(state["rng"])
+        self.skipped_samples = state.get("skipped_samples", 0)
+        if state.get("steps_into_epoch", 0) > 0:
+            self._resume_mid_epoch(state, path=loaded.path)
         return loaded.path
+
+    def _resume_mid_epoch(self, state: dict[str, Any], *, path: Path) -> None:
+        """Continue the epoch a mid-epoch checkpoint stopped in: its data order from the next unseen
+        batch (``_train_one_epoch``), each process's RNG and logging sums as they were."""
+        done = state["steps_into_epoch"]
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} stopped {done} steps into an epoch of "
+                f"{state['steps_per_epoch']} steps, but an epoch now has {self.steps_per_epoch}: resume a "
+                f"mid-epoch checkpoint with the data, batch size and process count it was saved with")
+        self.log_window.restore(state["log_window"], dist=self.dist)
+        if len(state["rng"]) == self.dist.world_size:
+            self.resume_point = (done, state["rng"][self.dist.rank])
+            return
+        warnings.warn(f"checkpoint {path} was saved by {len(state['rng'])} processes, this run has "
+                      f"{self.dist.world_size}: batch-level randomness (dropout, mixup) is reseeded", stacklevel=2)
+        seed_everything(self.cfg.train.seed, self.epoch, self.dist.rank, self.step)
+        self.resume_point = (done, ckpt.rng_state())
 
 
 def model_uses_syncbn(model: nn.Module) -> bool:

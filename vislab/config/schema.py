@@ -129,6 +129,7 @@ class TrainConfig:
     channels_last: bool = False
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, more time
     compile: bool = False  # torch.compile each block (eager, with a warning, where compiling fails)
+    strategy: str = "ddp"  # ddp | fsdp: shard parameters, gradients and optimizer state block by block (FSDP2)
 
 
 @dataclass
@@ -157,4 +158,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("sgd", "adamw", "lars"),
     "schedule.name": ("cosine", "step", "constant"),
     "train.amp_dtype": ("bf16", "fp16"),
+    "train.strategy": ("ddp", "fsdp"),
 }

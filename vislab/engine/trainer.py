@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vislab.config import to_yaml
 from vislab.engine import checkpoint as ckpt
+from vislab.engine import strategy
 from vislab.engine.block_wrapping import wrap_blocks
 from vislab.engine.distributed import DistInfo, barrier, gather_object
 from vislab.engine.ema import build_ema
@@ -89,6 +90,9 @@ class Trainer:
         if model_uses_syncbn(model) and dist.enabled and device.type != "cuda":
             raise ValueError("norm=SyncBN synchronises statistics across GPUs and needs CUDA in a "
                              "multi-process run; use GN (or BN) on CPU")
+        if train.strategy == "fsdp":
+            strategy.check_fsdp_model(model)
+        self.fsdp = train.strategy == "fsdp" and dist.enabled  # one process has nothing to shard
         model.to(device)
         if train.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -106,10 +110,6 @@ class Trainer:
         o = cfg.optim
         global_batch = cfg.data.batch_size * dist.world_size * train.accumulate_steps
         self.peak_lr = o.base_lr * global_batch / 256 if o.base_lr is not None else o.lr
-        self.optimizer = build_optimizer(model, name=o.name, lr=self.peak_lr, weight_decay=o.weight_decay,
-                                         decay_norm_and_bias=o.decay_norm_and_bias, momentum=o.momentum,
-                                         nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
-                                         layer_decay=o.layer_decay, adder_eta=o.adder_eta)
         s = cfg.schedule
         warmup = s.warmup_steps if s.warmup_steps is not None else int(round(s.warmup_epochs * self.steps_per_epoch))
         self.schedule = LRSchedule(
@@ -129,9 +129,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and train.amp_dtype == "fp16")
 
         self.model: nn.Module = model
-        if dist.enabled:
+        if self.fsdp:  # in place; the EMA is sharded alike, its copy taken from the unsharded model
+            strategy.shard([model] + ([self.ema.module] if self.ema is not None else []), device=device,
+                           world_size=dist.world_size, amp_dtype=train.amp_dtype if self.amp else None)
+        elif dist.enabled:
             self.model = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
+        # after sharding, which replaces the parameters its groups hold
+        self.optimizer = build_optimizer(model, name=o.name, lr=self.peak_lr, weight_decay=o.weight_decay,
+                                         decay_norm_and_bias=o.decay_norm_and_bias, momentum=o.momentum,
+                                         nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
+                                         layer_decay=o.layer_decay, adder_eta=o.adder_eta)
 
         self.checkpoints = ckpt.CheckpointDir(run_dir / "checkpoints")
         self.epoch = 0
@@ -265,6 +273,7 @@ class Trainer:
                     f"after epoch {self.epoch} (step {self.step})")
             consequence = f"training stopped and this model was not saved; {self._last_good()}"
             with autocast_context(self.device, enabled=self.amp, dtype=self.cfg.train.amp_dtype), \
+                    strategy.unsharded(model) if self.fsdp else contextlib.nullcontext(), \
                     finite_outputs(model, what=what, consequence=consequence):
                 metrics = self.task.evaluate(model, self.val_loader, device=self.device, dist=self.dist,
                                              out_dir=self.run_dir / prefix)
@@ -287,21 +296,27 @@ class Trainer:
         ``epoch_0002``), is never the best one: no evaluation has seen its weights."""
         # every process's RNG and logging sums: a mid-epoch resume continues each from where it was
         per_rank = gather_object({"rng": ckpt.rng_state(), "log_window": self.log_window.state()}, self.dist)
+        if self.fsdp:  # gathered by every process, held by rank 0
+            model_state, optimizer_state, ema_state = strategy.full_state_dicts(
+                self.model, self.optimizer, ema_module=self.ema.module if self.ema is not None else None)
         if self.dist.is_main:
+            if not self.fsdp:
+                model_state, optimizer_state = self.model_without_ddp.state_dict(), self.optimizer.state_dict()
+                ema_state = self.ema.module.state_dict() if self.ema is not None else None
             name = f"epoch_{self.epoch:04d}_step_{self.step:08d}" if mid_epoch else f"epoch_{self.epoch:04d}"
             metadata = {"model": self.cfg.model.name, "task": self.cfg.task, "config": to_yaml(self.cfg),
                         "epoch": self.epoch, "step": self.step, "metrics": self.last_eval,
                         **self.task.metadata()}
             state = {"epoch": self.epoch, "step": self.step, "steps_per_epoch": self.steps_per_epoch,
                      "steps_into_epoch": self.steps_into_epoch if mid_epoch else 0,
-                     "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                     "optimizer": optimizer_state, "scaler": self.scaler.state_dict(),
                      "rng": [r["rng"] for r in per_rank], "log_window": [r["log_window"] for r in per_rank],
                      "skipped_samples": self.skipped_samples, "best": self.best, "config": to_yaml(self.cfg)}
             extra = {}
             if self.ema is not None:
-                extra[ckpt.EMA_FILE] = self.ema.module.state_dict()
+                extra[ckpt.EMA_FILE] = ema_state
                 state["ema_updates"] = self.ema.n_averaged
-            self.checkpoints.save(name, model_state=self.model_without_ddp.state_dict(),
+            self.checkpoints.save(name, model_state=model_state,
                                   metadata=metadata, trainer_state=state, extra_weights=extra)
             if self.best_is_current and not mid_epoch:
                 self.checkpoints.mark_best(name)
@@ -325,8 +340,11 @@ class Trainer:
             raise ckpt.CheckpointError(f"cannot resume {loaded.path} under other optimizer settings: "
                                        f"{'; '.join(changed)}")
         try:
-            load_state_dict(self.model_without_ddp, loaded.model, strict=True,
-                            source=f"checkpoint {loaded.path}")
+            if self.fsdp:
+                strategy.load_full_model_state(self.model, loaded.model)
+            else:
+                load_state_dict(self.model_without_ddp, loaded.model, strict=True,
+                                source=f"checkpoint {loaded.path}")
         except WeightsError as exc:
             raise ckpt.CheckpointError(str(exc)) from None
         state = loaded.state
@@ -334,9 +352,12 @@ class Trainer:
             if loaded.ema is None:
                 raise ckpt.CheckpointError(f"train.ema_decay is set but checkpoint {loaded.path} "
                                            f"has no {ckpt.EMA_FILE}")
-            self.ema.module.load_state_dict(loaded.ema)
+            if self.fsdp:
+                strategy.load_full_model_state(self.ema.module, loaded.ema)
+            else:
+                self.ema.module.load_state_dict(loaded.ema)
             self.ema.n_averaged.copy_(state["ema_updates"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        strategy.load_optimizer_state(self.model_without_ddp, self.optimizer, state["optimizer"], sharded=self.fsdp)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         self.skipped_samples = state.get("skipped_samples", 0)

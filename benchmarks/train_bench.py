@@ -363,6 +363,14 @@ def run_settings(args: argparse.Namespace, *, device: torch.device) -> dict:
     }
 
 
+def median_ratio(rates: dict[str, list[float]]) -> dict:
+    """Each side's median rate over rounds and vislab / pytorchvideo (goal >= 1.0x)."""
+    medians = {side: statistics.median(values) for side, values in rates.items()}
+    ratio = medians["vislab"] / medians["pytorchvideo"]
+    return {"clips_per_second": rates, "median_clips_per_second": medians, "throughput_ratio": ratio,
+            "throughput_goal_met": ratio >= 1.0}
+
+
 def versions(libraries: tuple[str, ...]) -> dict[str, str]:
     """``__version__`` of torch and of each of ``libraries``."""
     return {"torch": torch.__version__,

@@ -52,11 +52,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -69,24 +66,18 @@ from torch import nn
 from torch.nn import functional as F
 
 import vislab
-from vislab.config import load_config
-from vislab.data.datasets.moving_shapes import FPS
-from vislab.data.datasets.video_list import VideoListDataset
-from vislab.data.video.sampling import test_clip_indices, train_clip_indices
 from vislab.models.backbones.slowfast import slow_pathway_frames
 from vislab.models.complexity import count_params
 from vislab.models.registry import get_entry
-from vislab.tasks.video import video_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_bench  # noqa: E402
 import video_ava  # noqa: E402
+import video_decoding  # noqa: E402
 
 SEED = 0
 SIDES = ("vislab", "pytorchvideo")
 KINETICS_CLASSES = 400
-MOVING_SHAPES_RECIPE = Path(__file__).resolve().parent.parent / "configs/video/moving_shapes_slowfast.yaml"
-DATA_MODES = {"train": "train", "eval": "val"}  # mode -> split of the moving-shapes set
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -266,14 +257,6 @@ def peak_memory_mib(pair: Pair, trainees: dict[str, Trainee], batch: Batch, *, f
             for side in SIDES}
 
 
-def ratios(*, rates: dict[str, list[float]]) -> dict:
-    """Median clips/s of each side and vislab/pytorchvideo (goal >= 1.0x)."""
-    medians = {side: statistics.median(values) for side, values in rates.items()}
-    ratio = medians["vislab"] / medians["pytorchvideo"]
-    return {"clips_per_second": rates, "median_clips_per_second": medians, "throughput_ratio": ratio,
-            "throughput_goal_met": ratio >= 1.0}
-
-
 def measure_pair(pair: Pair, *, args: argparse.Namespace, device: torch.device) -> dict:
     frames, crop = clip_size(pair.model, args=args)
     trainees = {side: build_trainee(pair, side=side, frames=frames, crop=crop, device=device) for side in SIDES}
@@ -286,96 +269,8 @@ def measure_pair(pair: Pair, *, args: argparse.Namespace, device: torch.device) 
         {side: partial(clips_per_second, trainee, batch, steps=args.steps, device=device)
          for side, trainee in trainees.items()}, rounds=args.rounds)
     return {"reference": f"pytorchvideo {pair.reference}", "clip": [3, frames, crop, crop], "params": params["vislab"],
-            **ratios(rates=rates), "peak_memory_mib": memory,
+            **train_bench.median_ratio(rates), "peak_memory_mib": memory,
             "memory_ratio": memory["vislab"] / memory["pytorchvideo"]}
-
-
-# ---------------------------------------------------------------------------------------------
-# clip decoding
-# ---------------------------------------------------------------------------------------------
-
-def pytorchvideo_frames(video: Any, indices: list[int], *, fps: int) -> torch.Tensor:
-    """uint8 ``[T, H, W, 3]`` frames ``indices`` (ascending) of an ``EncodedVideo``, as
-    ``VideoReader.frames`` gives them: ``get_clip`` decodes the frames of their time span
-    (float ``[3, n, H, W]``, 0-255), of which the clip's are taken."""
-    first, last = indices[0], indices[-1]
-    span = video.get_clip(Fraction(first, fps), Fraction(last + 1, fps))["video"]
-    positions = torch.tensor([index - first for index in indices])
-    return span.index_select(1, positions).permute(1, 2, 3, 0).to(torch.uint8)
-
-
-def pytorchvideo_sample(dataset: VideoListDataset, index: int, *, encoded_video: type,
-                        fps: int) -> tuple[torch.Tensor, int]:
-    """``dataset[index]`` with the clips decoded by pytorchvideo's ``EncodedVideo``: the same
-    clip indices and transform, drawn from torch's default generator in the same order."""
-    path, label = dataset.samples[index]
-    video = encoded_video.from_path(str(path), decode_audio=False, decoder="pyav")
-    try:
-        clip = dict(num_frames_video=round(video.duration * fps), num_frames=dataset.num_frames,
-                    stride=dataset.stride)
-        if dataset.train:
-            return dataset.transform(pytorchvideo_frames(video, train_clip_indices(**clip), fps=fps)), label
-        clips = [pytorchvideo_frames(video, indices, fps=fps)
-                 for indices in test_clip_indices(**clip, num_clips=dataset.num_clips)]
-    finally:
-        video.close()
-    return torch.stack([view for frames in clips for view in dataset.transform(frames)]), label
-
-
-def decoded_clips_per_second(read: Callable[[int], tuple[torch.Tensor, int]], *, videos: int, clips: int) -> float:
-    """``clips`` over the time ``read`` takes for videos ``0..videos-1``, from torch's seed ``SEED``."""
-    def read_all() -> None:
-        torch.manual_seed(SEED)
-        for index in range(videos):
-            read(index)
-
-    return clips / train_bench.elapsed_seconds(read_all, device=torch.device("cpu"))
-
-
-def check_same_clips(readers: dict[str, Callable[[int], tuple[torch.Tensor, int]]], *, mode: str) -> None:
-    samples = {}
-    for side, read in readers.items():
-        torch.manual_seed(SEED)
-        samples[side] = read(0)[0]
-    if not torch.equal(samples["vislab"], samples["pytorchvideo"]):
-        raise RuntimeError(f"{mode}: vislab and pytorchvideo decode different clips from the first video")
-
-
-def decoding_readers(dataset: VideoListDataset) -> tuple[dict[str, Callable], str | None]:
-    """vislab's reader and, if pytorchvideo's ``EncodedVideo`` imports, the reference; else why not."""
-    readers = {"vislab": dataset.__getitem__}
-    try:
-        from pytorchvideo.data.encoded_video import EncodedVideo
-    except ImportError as error:
-        return readers, f"pytorchvideo.data.encoded_video does not import: {error}"
-    readers["pytorchvideo"] = partial(pytorchvideo_sample, dataset, encoded_video=EncodedVideo, fps=FPS)
-    return readers, None
-
-
-def measure_decoding(*, videos: int, rounds: int) -> dict:
-    """Clips/s of vislab's video pipeline and of the reference, per mode, over generated clips."""
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="vislab-video-bench-") as folder:
-        cfg = load_config(MOVING_SHAPES_RECIPE, overrides=[f"data.root={Path(folder) / 'moving_shapes'}",
-                                                           f"data.synthetic_train={videos}",
-                                                           f"data.synthetic_val={videos}"])
-        for mode, split in DATA_MODES.items():
-            dataset = video_dataset(cfg, split)
-            readers, unavailable = decoding_readers(dataset)
-            if unavailable is None:
-                check_same_clips(readers, mode=mode)
-            rates = train_bench.interleaved_rounds(
-                {side: partial(decoded_clips_per_second, read, videos=len(dataset),
-                               clips=len(dataset) * dataset.num_clips)
-                 for side, read in readers.items()}, rounds=rounds)
-            if unavailable is None:
-                summary = ratios(rates=rates)
-            else:
-                summary = {"clips_per_second": rates, "reference_unavailable": unavailable,
-                           "median_clips_per_second": {"vislab": statistics.median(rates["vislab"])}}
-            results[mode] = {"videos": len(dataset), "clips_per_video": dataset.num_clips,
-                             "frames": dataset.num_frames, "stride": dataset.stride, **summary}
-    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,7 +340,7 @@ def main() -> None:
         print_model_row(model, models[model])
     print(f"clip decoding on cpu, one process: generated 64x64 moving-shapes mp4s, {args.rounds} rounds")
     print_header(DATA_COLUMNS)
-    decoding = measure_decoding(videos=args.videos, rounds=args.rounds)
+    decoding = video_decoding.measure_decoding(videos=args.videos, rounds=args.rounds)
     for mode, result in decoding.items():
         print_data_row(mode, result)
     print_goals(models, what="train step")

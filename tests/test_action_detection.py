@@ -103,3 +103,11 @@ def test_train_eval_ava_eval_and_predict_through_the_cli(root, tmp_path, capsys)
     assert video_frame_count(out) == video_frame_count(video)
     records = json.loads(out.with_suffix(".json").read_text())["actions"]
     assert records and {r["second"] for r in records} <= {901, 902, 903} and len(records[0]["actions"]) == 6
+
+
+def test_proposal_boxes_without_a_proposals_file_name_the_key(root):
+    from vislab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.val_proposals is not set"):
+        ActionDetectionTask(_config(root, "data.val_proposals=null")).val_set
+    assert len(ActionDetectionTask(_config(root, "data.val_proposals=null", "data.val_boxes=groundtruth")).val_set)

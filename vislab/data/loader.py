@@ -19,19 +19,24 @@ def collate_classification(samples: list) -> dict:
             "skipped": len(samples) - len(kept)}
 
 
+def pad_to_largest(tensors: list[torch.Tensor], *, multiple: int = 1) -> torch.Tensor:
+    """Stack ``[..., H, W]`` tensors zero-padded at the bottom/right to the largest height and
+    width, rounded up to a ``multiple``."""
+    stride = max(multiple, 1)
+    height, width = (-(-max(sides) // stride) * stride for sides in zip(*(t.shape[-2:] for t in tensors)))
+    batch = torch.zeros((len(tensors), *tensors[0].shape[:-2], height, width), dtype=tensors[0].dtype)
+    for padded, tensor in zip(batch, tensors):
+        padded[..., :tensor.shape[-2], :tensor.shape[-1]] = tensor
+    return batch
+
+
 def collate_detection(samples: list, *, size_divisibility: int) -> dict:
     """Pad ``(image, target)`` pairs with zeros at the bottom/right to one size, a multiple of
     ``size_divisibility`` (the backbone's largest stride, as detectron2's ImageList); ``None``
     samples are dropped and counted. Masks keep their image's unpadded size [N, h, w]."""
     kept = [s for s in samples if s is not None]
     image_sizes = [tuple(image.shape[-2:]) for image, _ in kept]
-    images = torch.empty(0)
-    if kept:
-        stride = max(size_divisibility, 1)
-        height, width = (-(-max(sides) // stride) * stride for sides in zip(*image_sizes))
-        images = torch.zeros((len(kept), kept[0][0].shape[0], height, width), dtype=kept[0][0].dtype)
-        for padded, (image, _) in zip(images, kept):
-            padded[:, :image.shape[-2], :image.shape[-1]] = image
+    images = pad_to_largest([image for image, _ in kept], multiple=size_divisibility) if kept else torch.empty(0)
     targets = [{key: value.as_subclass(torch.Tensor) if isinstance(value, torch.Tensor) else value
                 for key, value in target.items()} for _, target in kept]
     return {"images": images, "image_sizes": image_sizes, "targets": targets, "skipped": len(samples) - len(kept)}
@@ -46,10 +51,7 @@ def collate_actors(samples: list) -> dict:
     if not kept:
         return {"clips": torch.empty(0), "boxes": torch.empty(0, 5), "labels": torch.empty(0), "keyframes": [],
                 "normalised_boxes": torch.empty(0, 4), "skipped": len(samples)}
-    height, width = (max(sides) for sides in zip(*(clip.shape[-2:] for clip, _ in kept)))
-    clips = torch.zeros((len(kept), *kept[0][0].shape[:2], height, width), dtype=kept[0][0].dtype)
-    for padded, (clip, _) in zip(clips, kept):
-        padded[..., :clip.shape[-2], :clip.shape[-1]] = clip
+    clips = pad_to_largest([clip for clip, _ in kept])
     targets = [target for _, target in kept]
     boxes = torch.cat([torch.cat([torch.full((len(t["boxes"]), 1), float(i)), t["boxes"]], dim=1)
                        for i, t in enumerate(targets)])
@@ -57,6 +59,7 @@ def collate_actors(samples: list) -> dict:
             "keyframes": [t["keyframe"] for t in targets for _ in range(len(t["boxes"]))],
             "normalised_boxes": torch.cat([t["normalised_boxes"] for t in targets]),
             "skipped": len(samples) - len(kept)}
+
 
 def seed_worker(worker_id: int) -> None:
     """Give each worker's numpy and ``random`` a seed derived from its torch seed."""

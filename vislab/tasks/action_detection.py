@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from vislab.config import ConfigError, model_kwargs
 from vislab.data.datasets.ava import ActorClips, actor_boxes, actor_clips, frame_source
 from vislab.data.datasets.ava_files import (Detection, LabelMap, read_annotations, read_exclusions, read_label_map,
-                                            write_detections)
+                                            read_proposals, write_detections)
 from vislab.data.datasets.moving_actors import ensure_moving_actors
 from vislab.data.loader import collate_actors
 from vislab.data.transforms.ava import actor_test_transform, actor_train_transform
@@ -65,15 +65,33 @@ class ActionDetectionTask:
                               f"data.label_map {self.label_map.path} does not")
         return evaluated
 
+    def _annotations(self, split: str) -> dict:
+        return read_annotations(self.paths[f"{split}_annotations"], label_map=self.label_map)
+
+    def _proposals(self, split: str, *, needed: bool) -> dict | None:
+        """The split's proposals at or above the score threshold, when ``needed``."""
+        if not needed:
+            return None
+        if self.paths[f"{split}_proposals"] is None:
+            raise ConfigError(f"data.{split}_proposals is not set: the {split} boxes are to come from person "
+                              f"proposals (data.train_proposal_iou / data.val_boxes=proposals)")
+        return read_proposals(self.paths[f"{split}_proposals"], score_threshold=self.cfg.data.proposal_score_threshold)
+
+    @cached_property
+    def exclusions(self) -> set:
+        return read_exclusions(self.paths["val_exclusions"]) if self.paths["val_exclusions"] else set()
+
     def _clips(self, split: str) -> ActorClips:
         d, paths, train = self.cfg.data, self.paths, split == "train"
         source = frame_source(frame_list=paths[f"{split}_frame_list"], frames_root=paths["frames"],
                               videos=paths["videos"])
-        boxes = actor_boxes(annotations=paths[f"{split}_annotations"], label_map=self.label_map,
-                            proposals=paths[f"{split}_proposals"], score_threshold=d.proposal_score_threshold,
-                            train=train, use_proposals=not train and d.val_boxes == "proposals",
-                            proposals_iou=d.train_proposal_iou if train else None,
-                            exclusions=None if train else paths["val_exclusions"])
+        if train:
+            boxes = actor_boxes(groundtruth=self._annotations("train"), train=True,
+                                proposals=self._proposals("train", needed=d.train_proposal_iou is not None),
+                                proposals_iou=d.train_proposal_iou)
+        else:
+            boxes = actor_boxes(groundtruth=self.groundtruth, train=False, excluded=self.exclusions,
+                                proposals=self._proposals("val", needed=d.val_boxes == "proposals"))
         transform = (actor_train_transform(crop_size=d.image_size, short_side_range=d.short_side_range,
                                            hflip=d.hflip, mean=d.mean, std=d.std) if train else
                      actor_test_transform(short_side=d.test_short_side, mean=d.mean, std=d.std,
@@ -138,8 +156,9 @@ class ActionDetectionTask:
         return detections
 
     @cached_property
-    def groundtruth(self):
-        return read_annotations(self.paths["val_annotations"], label_map=self.label_map)
+    def groundtruth(self) -> dict:
+        """The validation annotations: the evaluation boxes' source and the evaluator's truth."""
+        return self._annotations("val")
 
     def evaluate(self, model: nn.Module, loader, *, device: torch.device, dist: DistInfo,
                  out_dir: Path | None = None) -> dict[str, float]:
@@ -150,9 +169,8 @@ class ActionDetectionTask:
             gathered: list = [None] * dist.world_size
             torch.distributed.all_gather_object(gathered, detections)
             detections = [d for part in gathered for d in part]
-        exclusions = read_exclusions(self.paths["val_exclusions"]) if self.paths["val_exclusions"] else set()
         result = frame_map(groundtruth=self.groundtruth, detections=detections, class_ids=self.eval_label_map.ids,
-                           exclusions=exclusions)
+                           exclusions=self.exclusions)
         if out_dir is not None and dist.is_main:
             out_dir = Path(out_dir)
             write_detections(out_dir / "detections.csv", detections)

@@ -11,15 +11,13 @@ truth from the annotation file itself.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 from torch.utils.data import Dataset
 from torchvision.ops import box_iou
 
-from vislab.data.datasets.ava_files import (ActorBox, Keyframe, LabelMap, ScoredBox, read_annotations,
-                                            read_exclusions, read_frame_list, read_proposals,
-                                            timestamp_to_frame)
+from vislab.data.datasets.ava_files import ActorBox, Keyframe, LabelMap, ScoredBox, read_frame_list, timestamp_to_frame
 from vislab.data.video.frame_sources import FrameFolders, FrameSource, VideoFiles, missing_videos
 from vislab.data.video.sampling import keyframe_clip_indices
 
@@ -98,24 +96,19 @@ def frame_source(*, frame_list: str | os.PathLike | None, frames_root: str | os.
     return FrameFolders(read_frame_list(frame_list, root=frames_root), list_file=frame_list)
 
 
-def actor_boxes(*, annotations: str | os.PathLike, label_map: LabelMap, proposals: str | os.PathLike | None,
-                score_threshold: float, train: bool, use_proposals: bool, proposals_iou: float | None,
-                exclusions: str | os.PathLike | None = None) -> dict[Keyframe, BoxesAndActions]:
-    """Each keyframe's input boxes: for training the ground truth (plus proposals overlapping it
-    by more than ``proposals_iou``, when given); for evaluation the proposals at or above
-    ``score_threshold`` (``use_proposals``) or the ground truth, excluded keyframes left out."""
-    groundtruth = read_annotations(annotations, label_map=label_map)
-    scored = read_proposals(proposals, score_threshold=score_threshold) if proposals else None
-    if (use_proposals or (train and proposals_iou is not None)) and scored is None:
-        raise ValueError(f"proposal boxes were asked for but no proposals file was given (annotations {annotations})")
+def actor_boxes(*, groundtruth: dict[Keyframe, list[ActorBox]], proposals: dict[Keyframe, list[ScoredBox]] | None,
+                train: bool, proposals_iou: float | None = None,
+                excluded: Collection[Keyframe] = ()) -> dict[Keyframe, BoxesAndActions]:
+    """Each keyframe's input boxes: for training the ground truth (plus the ``proposals``
+    overlapping it by more than ``proposals_iou``, when given); for evaluation the ``proposals``
+    (when given) or the ground truth, ``excluded`` keyframes left out."""
     if train:  # keyframes annotated without boxes have nothing to train on
         if proposals_iou is None:
             return {key: [(a.box, a.actions) for a in actors] for key, actors in groundtruth.items() if actors}
-        return {key: boxes_with_matching_proposals(actors, scored.get(key, []), min_iou=proposals_iou)
+        return {key: boxes_with_matching_proposals(actors, proposals.get(key, []), min_iou=proposals_iou)
                 for key, actors in groundtruth.items() if actors}
-    excluded = read_exclusions(exclusions) if exclusions else set()
-    if use_proposals:
-        return {key: [(p.box, ()) for p in boxes] for key, boxes in scored.items() if key not in excluded}
+    if proposals is not None:
+        return {key: [(p.box, ()) for p in boxes] for key, boxes in proposals.items() if key not in excluded}
     return {key: [(a.box, ()) for a in actors] for key, actors in groundtruth.items()
             if actors and key not in excluded}
 

@@ -16,6 +16,12 @@ Run it with ``make benchmark``, or e.g.::
     python benchmarks/train_step.py --batch-size 2 --image-size 64 --steps 2 --rounds 2
 
 The goal is vislab/torchvision >= 1.0x throughput and <= 1.0x peak memory.
+
+``--fast`` measures instead how much of the machine a step uses: vislab's models in float32 eager
+against channels_last, ``torch.compile`` and bf16 autocast (``fast_step.py``), with achieved
+GFLOP/s beside the matmul peak. Goal: >= 2x over float32 eager::
+
+    python benchmarks/train_step.py --fast --batch-size 8 --steps 2 --rounds 3
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import vislab
 # benchmarks/ is not a package: put this folder on sys.path so that its shared module imports
 # however the script is started (e.g. also under `python -P` or when loaded by file path).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fast_step  # noqa: E402
 import train_bench  # noqa: E402
 
 LIBRARIES = ("vislab", "torchvision")
@@ -49,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="resnet50",
                         help="vislab registry name; torchvision's constructor of the same name "
                              "is the baseline")
+    parser.add_argument("--fast", action="store_true",
+                        help="measure channels_last, torch.compile and bf16 against fp32 eager instead")
+    parser.add_argument("--fast-models", type=train_bench.names_from(vislab.list_models()),
+                        default=["resnet50", "vit_b16"], help="comma-separated vislab models for --fast")
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                        help="--fast: include bf16 autocast (auto: where the CPU has native bf16)")
     train_bench.add_report_arguments(parser)
     return parser
 
@@ -82,6 +95,11 @@ def print_report(summary: dict) -> None:
 def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
+    if args.fast:
+        summary = fast_step.run(args, device=train_bench.resolve_device(args.device, parser=parser))
+        if args.json:
+            train_bench.write_json(summary, path=args.json)
+        return
     if args.model not in vislab.list_models():
         parser.error(f"vislab has no model {args.model!r}; choose from {vislab.list_models()}")
     if not callable(getattr(torchvision.models, args.model, None)):

@@ -1,6 +1,9 @@
-"""Shared test helpers: tiny configs, generated image folders, and the timm-conversion check."""
+"""Shared test helpers: tiny configs, generated image folders, unwritable folders, and the
+timm-conversion check."""
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,29 @@ def make_image_folder(root: Path, *, per_class: dict[str, int], size: int = 40, 
                 pixels = np.clip(np.array(colour) + rng.normal(0, 30, (size, size, 3)), 0, 255)
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}{suffix}")
     return root
+
+
+def deny_writes(folder: Path, monkeypatch) -> None:
+    """Make ``folder`` unwritable to this process as a folder without write permission is to a
+    user other than root. The tests run as root, whom the kernel lets write anywhere whatever the
+    mode, so instead ``os.access`` answers no to writing there and creating a file in it through
+    ``os.open`` (``tempfile``'s way, hence every atomic write's) fails with EACCES, as the kernel
+    answers another user."""
+    folder = folder.resolve()
+    access, open_file = os.access, os.open
+
+    def denying_access(path, mode, **kwargs):
+        if mode & os.W_OK and Path(os.fsdecode(path)).resolve() == folder:
+            return False
+        return access(path, mode, **kwargs)
+
+    def denying_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and Path(os.fsdecode(path)).resolve().parent == folder:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return open_file(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", denying_access)
+    monkeypatch.setattr(os, "open", denying_open)
 
 
 def assert_timm_conversion_matches(reference, *, model, model_name: str, folder: Path, image_size: int) -> None:

@@ -1,4 +1,5 @@
-"""Two processes (torchrun, gloo on CPU) train to the same weights as one with the same global batch."""
+"""Two processes (torchrun, gloo on CPU) train to the same weights as one with the same global batch,
+and a loss that goes wrong on one of them stops both with the same error."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from safetensors.torch import load_file
 
@@ -38,3 +40,38 @@ def test_two_processes_match_one(tmp_path):
     assert diff < 1e-4, diff
     # only rank 0 wrote files: one metrics stream, one set of event files
     assert len(list((double / "tensorboard").iterdir())) == 1
+
+
+def run_to_the_end(command: list[str], *, cwd: Path, env: dict, timeout: float) -> int:
+    """torchrun ``command``'s exit status; past ``timeout`` seconds the test fails (a process is
+    waiting for another that will not come) once torchrun is stopped with SIGTERM, on which it ends
+    its workers (each in a session of its own, out of reach of a signal to torchrun's group)."""
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.wait()
+            pytest.fail(f"the processes did not end within {timeout} s")
+
+
+def test_a_nan_loss_on_one_process_stops_both_with_one_error(tmp_path):
+    """Process 1 alone gets a NaN loss at step 2: both processes stop there with the same error,
+    instead of process 0 going on into the gradient all-reduce and waiting there."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(parse_overrides(TINY_DIGITS)))
+    logs = tmp_path / "logs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    returncode = run_to_the_end(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "--monitor-interval=1",  # the process that stops second still prints before torchrun ends it
+         f"--log-dir={logs}", "--redirects=3", str(REPO / "tests" / "nan_on_rank.py"), "1", "2",
+         "train", str(recipe), "data.batch_size=8", "train.epochs=1", f"output_dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, timeout=180)
+    assert returncode != 0
+    errors = {log.parent.name: [line for line in log.read_text().splitlines() if line.startswith("vislab train: error")]
+              for log in logs.glob("*/attempt_0/*/stderr.log")}  # torchrun's folder per process
+    assert sorted(errors) == ["0", "1"], errors
+    assert errors["0"] == errors["1"] == [
+        "vislab train: error: loss is nan on process 1 (of 2 processes) at step 2 (epoch 1); training stopped "
+        "and nothing was saved after it; no checkpoint had been written yet"]

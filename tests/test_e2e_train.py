@@ -16,7 +16,7 @@ from vislab.config import load_config
 from vislab.data.datasets.image_folder import BadImageError, DataError
 from vislab.engine.checkpoint import CheckpointError, load_checkpoint
 from vislab.engine.run import RunDirError, train
-from vislab.engine import trainer as trainer_module
+from vislab.engine import precision
 from vislab.engine.trainer import NonFiniteLossError
 
 
@@ -150,7 +150,7 @@ def test_truncated_and_foreign_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("emulated", [False, True])
 def test_bf16_autocast_on_cpu_trains_and_warns_where_emulated(tmp_path, monkeypatch, emulated):
-    monkeypatch.setattr(trainer_module, "cpu_emulates_bf16", lambda: emulated)
+    monkeypatch.setattr(precision, "cpu_emulates_bf16", lambda: emulated)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = train(tiny_digits_config(tmp_path / "run", "train.amp=true", "train.amp_dtype=bf16"))

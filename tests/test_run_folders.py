@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import tiny_digits_config
+from helpers import deny_writes, tiny_digits_config
 from vislab.config import load_config
 from vislab.data.datasets.image_folder import DataError
 from vislab.engine import run as run_module
@@ -96,6 +97,18 @@ def test_output_dir_that_is_a_file_is_named(tmp_path):
     target.write_text("not a folder")
     with pytest.raises(RunDirError, match=rf"output_dir {target} is a file"):
         train(tiny_digits_config(target))
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["the folder", "a new folder in it"])
+def test_unwritable_output_dir_is_named_before_anything_runs(tmp_path, monkeypatch, inside):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    deny_writes(locked, monkeypatch)
+    out = locked / "run" if inside else locked
+    with pytest.raises(RunDirError, match=re.escape(f"output_dir {out} cannot be written ({locked} is not "
+                                                    f"writable); choose another output_dir")):
+        train(tiny_digits_config(out))
+    assert not list(locked.iterdir())
 
 
 def _umask() -> int:

@@ -10,7 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
-from helpers import TINY_DIGITS, make_image_folder, tiny_digits_config
+from helpers import TINY_DIGITS, deny_writes, make_image_folder, tiny_digits_config
 from vislab.cli import main
 from vislab.config import parse_overrides
 from vislab.engine.checkpoint import BEST, LAST
@@ -81,17 +81,25 @@ def test_predict_with_broken_weights_exits_non_zero(tmp_path, capsys):
     assert f"the model's output for {image} is not finite" in captured.err and "broken" in captured.err
 
 
-def test_eval_prints_metrics_it_cannot_save(tmp_path, capsys):
+def test_eval_prints_metrics_it_cannot_save(tmp_path, capsys, monkeypatch):
+    """Beneath a file, and in a folder without write permission: the metrics are printed, the
+    error names the file they could not be saved to, and nothing is left in the folder."""
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(parse_overrides(TINY_DIGITS)))
     train(tiny_digits_config(tmp_path / "run", "train.epochs=1"))
-    blocked = tmp_path / "a_file"
-    blocked.write_text("")
-    capsys.readouterr()
-    assert main(["eval", str(recipe), f"weights={tmp_path / 'run'}", "--out", str(blocked / "eval.json")]) == 1
-    captured = capsys.readouterr()
-    assert "val/top1" in captured.out
-    assert f"could not be saved to {blocked / 'eval.json'}" in captured.err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    deny_writes(read_only, monkeypatch)
+    for out in (a_file / "eval.json", read_only / "eval.json"):
+        capsys.readouterr()
+        assert main(["eval", str(recipe), f"weights={tmp_path / 'run'}", "--out", str(out)]) == 1
+        captured = capsys.readouterr()
+        assert "val/top1" in captured.out
+        assert f"the metrics above could not be saved to {out}: " in captured.err
+    assert captured.err.rstrip().endswith("Permission denied")
+    assert not list(read_only.iterdir())
 
 
 def test_check_finite_names_the_tensor():

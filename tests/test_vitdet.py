@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 import vislab
+from vislab.engine.block_wrapping import wrap_blocks
 from vislab.engine.optim import param_groups
 from vislab.layers.rel_pos import relative_positions, resize_rel_pos
 from vislab.layers.windows import window_partition, window_unpartition
@@ -134,8 +135,9 @@ def _inverse(transformers_state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 def test_activation_checkpointing_keeps_outputs_and_gradients():
     torch.manual_seed(0)
     plain = randomised(VisionTransformer(**TRUNK)).train()
-    checkpointed = VisionTransformer(**TRUNK, activation_checkpointing=True).train()
+    checkpointed = VisionTransformer(**TRUNK).train()
     checkpointed.load_state_dict(plain.state_dict())
+    assert len(wrap_blocks(checkpointed, activation_checkpointing=True, compile_blocks=False)) == TRUNK["depth"]
     x = torch.randn(1, 3, 128, 128)
     outputs = [m.forward_features(x)["last"] for m in (plain, checkpointed)]
     torch.testing.assert_close(outputs[0], outputs[1])

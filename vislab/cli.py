@@ -1,4 +1,5 @@
-"""The ``vislab`` command: train, eval, predict, models, flops, convert, export, data, study, ava-eval, launch."""
+"""The ``vislab`` command: train, eval, predict, models, flops, convert, export, export-weights, data, study,
+ava-eval, launch."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 from vislab.launch.command import LAUNCH_HELP, add_launch_arguments, launch_command
+from vislab.weights_export import EXPORT_WEIGHTS_HELP, add_export_weights_arguments, export_weights_command
 
 EXAMPLES = {
     "train": """\
@@ -28,6 +30,7 @@ EXAMPLES = {
     "flops": "vislab flops resnet50 --input 3x224x224",
     "convert": "vislab convert --from torchvision --model resnet50 resnet50-0676ba61.pth resnet50.safetensors",
     "export": "vislab export runs/digits/20260101-120000 --format onnx --out digits.onnx --input 3x32x32",
+    "export-weights": "vislab export-weights runs/mae_vit_l16/20261202-101500 mae_vit_l16.safetensors",
     "data": """\
         vislab data shapes --out data/shapes --train 600 --val 100 --seed 0
         vislab data moving-actors --out data/moving_actors""",
@@ -102,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="model options of a non-default variant, e.g. global_pool=avg")
 
     p = add("export", "Export trained weights as ONNX (classifiers, video models) or a torch.export program "
-                      "(any model), checked against PyTorch's outputs.")
+                      "(detectors too), checked against PyTorch's outputs.")
     p.add_argument("weights", help="weights file, checkpoint folder or run folder")
     p.add_argument("--format", required=True, choices=["onnx", "torch-export"])
     p.add_argument("--out", required=True, help="the file to write (.onnx, or .pt2 for torch-export)")
@@ -145,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc-per-node", type=int, default=1, help="run each member through torchrun with this many processes")
     p.add_argument("--report-only", action="store_true", help="only write the report from the members that finished")
     add_launch_arguments(add("launch", LAUNCH_HELP))
+    add_export_weights_arguments(add("export-weights", EXPORT_WEIGHTS_HELP))
     return parser
 
 
@@ -191,36 +195,9 @@ def _print_summary(cfg, summary: dict) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from vislab.config import ConfigError, load_config
-    from vislab.engine.checkpoint import resolve_weights
-    from vislab.engine.distributed import DistInfo, resolve_device
-    from vislab.tasks import build_task
-    from vislab.utils.files import atomic_write_text
-    from vislab.utils.finite import finite_outputs
+    from vislab.eval_command import eval_command
 
-    cfg = load_config(args.config, args.overrides)
-    if not cfg.weights:
-        raise ConfigError("vislab eval needs weights=PATH (a weights file, checkpoint folder or run folder)")
-    weights = resolve_weights(cfg.weights)
-    cfg.weights = str(weights)
-    device = resolve_device(cfg.train.device)
-    task = build_task(cfg)
-    model = task.build_model().to(device)
-    single = DistInfo()
-    out = Path(args.out) if args.out else weights.parent / "eval.json"
-    with finite_outputs(model, what=f"the output of {weights}"):
-        metrics = task.evaluate(model, task.build_val_loader(single), device=device, dist=single,
-                                out_dir=out.parent / out.stem)
-    record = {"weights": str(weights), **{f"val/{k}": v for k, v in metrics.items()}}
-    print("  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
-    try:
-        atomic_write_text(out, json.dumps(record, indent=2))
-    except OSError as exc:
-        print(f"vislab eval: error: the metrics above could not be saved to {out}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 1
-    print(f"-> {out}")
-    return 0
+    return eval_command(args)
 
 
 def _cmd_predict(args) -> int:
@@ -371,7 +348,8 @@ def _one_line(exc: BaseException) -> str:
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "models": _cmd_models,
             "flops": _cmd_flops, "convert": _cmd_convert, "export": _cmd_export, "data": _cmd_data,
-            "study": _cmd_study, "ava-eval": _cmd_ava_eval, "launch": launch_command}
+            "study": _cmd_study, "ava-eval": _cmd_ava_eval, "launch": launch_command,
+            "export-weights": export_weights_command}
 
 
 def main(argv: list[str] | None = None) -> int:

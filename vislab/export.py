@@ -3,12 +3,16 @@
 - ``onnx`` (classifiers and video models): ``torch.onnx.export`` with the dynamo exporter
   (onnxscript), the batch dimension left dynamic, then run with onnxruntime on the example input
   and compared with PyTorch's output.
-- ``torch-export`` (every kind, detectors included): a ``torch.export`` program saved with
-  ``torch.export.save`` (``.pt2``), run again after loading and compared the same way.
+- ``torch-export`` (classifiers, video models and detectors: FCOS, Faster / Mask / Cascade R-CNN):
+  a ``torch.export`` program saved with ``torch.export.save`` (``.pt2``), run again after loading
+  and compared the same way. Its input size is fixed (``--input``): a detector's proposal and
+  detection counts may vary, but its image size and ``image_sizes`` may not. Detectors call
+  vislab's exportable NMS operator, so ``import vislab`` before ``torch.export.load``.
 
 The exported model is the one ``vislab predict`` runs: normalised images in, logits (or the
-detector's per-image dict of boxes, scores, labels and masks) out. onnx, onnxscript and
-onnxruntime are the optional ``export`` extra (``pip install 'vislab[export]'``).
+detector's per-image dict of boxes, scores, labels and 28x28 mask probabilities) out. Action
+detectors (clips and boxes in) are not exported. onnx, onnxscript and onnxruntime are the
+optional ``export`` extra (``pip install 'vislab[export]'``).
 """
 from __future__ import annotations
 
@@ -109,6 +113,9 @@ def export_weights(weights: str | Path, *, fmt: str, out: str | Path, input_shap
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     model, cfg, _ = load_trained_model(weights, model_name=model_name)
+    if cfg.task == "action_detection":
+        raise ExportError(f"{cfg.model.name} is an action detector, which takes clips and boxes: vislab export "
+                          f"covers classifiers, video classifiers and detectors")
     if fmt == "onnx" and cfg.task == "detection":
         raise ExportError(f"{cfg.model.name} is a detector: export it with --format torch-export "
                           f"(ONNX export covers classifiers and video models)")

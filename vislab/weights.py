@@ -3,7 +3,9 @@
 Nothing here executes code from a file: safetensors holds only tensors and string metadata,
 PyTorch files are read with ``torch.load(weights_only=True)``, and ``.pkl`` files (detectron2's
 model zoo: pickled dicts of numpy arrays) with an unpickler that admits only numpy arrays and
-plain containers.
+plain containers. A sharded checkpoint folder (torch.distributed.checkpoint, written under FSDP)
+reads as one full state dict; its ``.metadata`` pickle goes through an unpickler that admits
+only DCP's metadata classes, and its tensors through ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -19,9 +21,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed import checkpoint as dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from vislab.utils.files import atomic_path
-from vislab.utils.safe_pickle import UnsafePickleError, load_arrays_pickle
+from vislab.utils.safe_pickle import UnsafePickleError, load_arrays_pickle, load_dcp_metadata
+
+SHARDED_INDEX = ".metadata"  # DCP's index of a sharded folder
+SHARDED_METADATA = "metadata.json"  # vislab's metadata (model, config, classes) beside it
 
 
 class WeightsError(RuntimeError):
@@ -94,6 +101,8 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """Read tensors and metadata from a safetensors file, or tensors from a PyTorch or ``.pkl``
     file, judged by the file's content rather than its extension (a mismatch is warned about)."""
     path = Path(path)
+    if is_sharded(path):
+        return read_sharded_weights(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     kind = sniff_format(path)
@@ -124,6 +133,57 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} holds no state dict of tensors")
     return obj, {}
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether ``path`` is a torch.distributed.checkpoint folder."""
+    return path.is_dir() and (path / SHARDED_INDEX).is_file()
+
+
+class _CheckedReader(dcp.FileSystemReader):
+    """DCP's file reader with the index read by the restricted unpickler."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        return load_dcp_metadata(Path(self.path) / SHARDED_INDEX)
+
+
+def load_sharded_tensors(tensors: dict[str, Any], path: Path) -> None:
+    """Fill ``tensors`` (a nested dict of tensors or DTensor shards) from the sharded folder ``path``:
+    a collective when a process group is up, else this process reads everything it asks for."""
+    with warnings.catch_warnings():  # DCP warns that it reads in one process: that is meant
+        warnings.filterwarnings("ignore", message="torch.distributed is .*single process")
+        dcp.load(tensors, storage_reader=_CheckedReader(str(path)))
+
+
+def check_sharded(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The DCP index and vislab metadata of a sharded folder, after checking that every file the
+    index points into is there and long enough (a save cut short, a copy half made)."""
+    try:
+        index = load_dcp_metadata(path / SHARDED_INDEX)
+    except UnsafePickleError as exc:
+        raise WeightsError(str(exc)) from None
+    except Exception as exc:  # a truncated or garbled pickle
+        raise WeightsError(f"sharded checkpoint {path}: {SHARDED_INDEX} is corrupt or truncated: {exc}") from exc
+    for info in index.storage_data.values():
+        file = path / info.relative_path
+        if not file.is_file() or file.stat().st_size < info.offset + info.length:
+            raise WeightsError(f"sharded checkpoint {path}: {info.relative_path} is missing or truncated")
+    meta_file = path / SHARDED_METADATA
+    return index, (json.loads(meta_file.read_text()) if meta_file.is_file() else {})
+
+
+def read_sharded_weights(path: Path, *, prefix: str = "model") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The full tensors saved under ``prefix`` ("model", "ema") in a sharded folder, gathered from
+    every process's file into this one process, and the folder's metadata."""
+    index, metadata = check_sharded(path)
+    tensors = {key: torch.empty(meta.size, dtype=meta.properties.dtype)
+               for key, meta in index.state_dict_metadata.items()
+               if key.startswith(f"{prefix}.") and isinstance(meta, TensorStorageMetadata)}
+    if not tensors:
+        held = sorted({key.split(".")[0] for key in index.state_dict_metadata})
+        raise WeightsError(f"sharded checkpoint {path} holds no {prefix!r} tensors (it holds {', '.join(held)})")
+    load_sharded_tensors(tensors, path)
+    return {key.removeprefix(f"{prefix}."): value for key, value in tensors.items()}, metadata
 
 
 def _read_arrays_pickle(path: Path) -> Any:

@@ -130,6 +130,8 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, more time
     compile: bool = False  # torch.compile each block (eager, with a warning, where compiling fails)
     strategy: str = "ddp"  # ddp | fsdp: shard parameters, gradients and optimizer state block by block (FSDP2)
+    checkpoint_format: str = "auto"  # full (one model.safetensors) | sharded (torch.distributed.checkpoint,
+    # each process writes its shards) | auto: sharded under FSDP, full otherwise
 
 
 @dataclass
@@ -159,4 +161,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule.name": ("cosine", "step", "constant"),
     "train.amp_dtype": ("bf16", "fp16"),
     "train.strategy": ("ddp", "fsdp"),
+    "train.checkpoint_format": ("auto", "full", "sharded"),
 }

@@ -1,4 +1,5 @@
-"""Checkpoints: a folder per save holding ``model.safetensors`` and ``state.pt``.
+"""Checkpoints: a folder per save holding ``model.safetensors`` and ``state.pt`` (the full
+format), or ``sharded/`` and ``state.pt`` (the sharded format: ``sharded_checkpoint``).
 
 A checkpoint is written into a hidden temporary folder and renamed into place, then the
 ``last`` (and ``best``) pointer files are replaced atomically, so a crash at any moment leaves
@@ -13,15 +14,16 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from vislab.utils.files import atomic_write_text
-from vislab.weights import WeightsError, read_weights, save_weights
+from vislab.weights import WeightsError, check_sharded, is_sharded, read_weights, save_weights
 
 MODEL_FILE = "model.safetensors"
+SHARDED_DIR = "sharded"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.pt"
 LAST = "last"
@@ -56,13 +58,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: model tensors, their metadata, and the trainer state."""
+    """A loaded checkpoint: model tensors, their metadata, and the trainer state; a sharded one
+    leaves ``model`` and ``ema`` to be read from ``sharded`` into the model's own shards."""
 
     path: Path
-    model: dict[str, torch.Tensor]
+    model: dict[str, torch.Tensor] | None
     metadata: dict[str, Any]
     state: dict[str, Any]
     ema: dict[str, torch.Tensor] | None = None
+    sharded: Path | None = None
 
 
 class CheckpointDir:
@@ -76,15 +80,30 @@ class CheckpointDir:
              extra_weights: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
         """Write a checkpoint folder; ``extra_weights`` maps file names (e.g. ``ema.safetensors``)
         to further state dicts saved beside the model with the same metadata."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
-        tmp.chmod(0o755)
-        try:
-            save_weights(model_state, tmp / MODEL_FILE, metadata=metadata)
+        def fill(folder: Path) -> None:
+            save_weights(model_state, folder / MODEL_FILE, metadata=metadata)
             for file_name, weights in (extra_weights or {}).items():
-                save_weights(weights, tmp / file_name, metadata=metadata)
-            torch.save(trainer_state, tmp / STATE_FILE)
-            final = self.root / name
+                save_weights(weights, folder / file_name, metadata=metadata)
+            torch.save(trainer_state, folder / STATE_FILE)
+
+        return self.write(name, fill)
+
+    def write(self, name: str, fill: Callable[[Path], None], *, shared: bool = False, commit: bool = True) -> Path:
+        """``fill`` a hidden folder, then rename it to ``name`` and point ``last`` at it. With
+        ``shared`` the hidden folder's name is fixed, so that every process of a sharded save
+        fills the same one; only one of them (``commit``) renames it and cleans up after a failure."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if shared:
+            tmp = self.root / f".{name}.shared"
+            tmp.mkdir(mode=0o755, exist_ok=True)
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
+            tmp.chmod(0o755)
+        final = self.root / name
+        try:
+            fill(tmp)
+            if not commit:
+                return final
             if final.exists():  # a re-save: move the old folder aside, never leave a gap
                 old = final.rename(self.root / f".{name}.old")
                 tmp.rename(final)
@@ -96,7 +115,7 @@ class CheckpointDir:
             raise CheckpointError(f"could not save checkpoint {name} in {self.root}: {getattr(exc, 'strerror', None) or exc}; "
                                   f"{f'the newest checkpoint is still {last}' if last else 'no checkpoint was saved'}") from exc
         finally:
-            if tmp.exists():
+            if commit and tmp.exists():
                 shutil.rmtree(tmp)
         atomic_write_text(self.root / LAST, name)
         return final
@@ -181,7 +200,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from a checkpoint folder, a file inside one, a ``checkpoints/``
     folder or a run folder (their ``last`` checkpoint)."""
     path = Path(path)
-    if path.is_file() and path.name in (MODEL_FILE, STATE_FILE):
+    if (path.is_file() and path.name in (MODEL_FILE, STATE_FILE)) or (path.name == SHARDED_DIR and is_sharded(path)):
         path = path.parent
     if (path / STATE_FILE).is_file():
         return path
@@ -194,31 +213,37 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def resolve_weights(path: str | Path) -> Path:
-    """A model weights file from itself, a checkpoint folder, or a run folder (its best
-    checkpoint, else its last)."""
+    """A model weights file (or sharded folder) from itself, a checkpoint folder, or a run folder
+    (its best checkpoint, else its last)."""
     path = Path(path)
-    if path.is_file():
+    if path.is_file() or is_sharded(path):
         return path
-    if (path / MODEL_FILE).is_file():
-        return path / MODEL_FILE
-    for root in (path, path / "checkpoints"):
-        folder = CheckpointDir(root)
-        chosen = folder.pointer(BEST) or folder.pointer(LAST)
-        if chosen is not None:
-            return chosen / MODEL_FILE
+    chosen = [d.pointer(BEST) or d.pointer(LAST) for d in (CheckpointDir(path), CheckpointDir(path / "checkpoints"))]
+    for folder in filter(None, [path, *chosen]):
+        if (folder / MODEL_FILE).is_file():
+            return folder / MODEL_FILE
+        if is_sharded(folder / SHARDED_DIR):
+            return folder / SHARDED_DIR
     raise WeightsError(f"no weights at {path} (expected a .safetensors file, a checkpoint folder "
                        f"or a run folder)")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint folder read and checked: full weights loaded, a sharded folder's files checked
+    against its index (its tensors are read into the model's shards when resuming)."""
     folder = resolve_checkpoint(path)
+    sharded = folder / SHARDED_DIR
     try:
-        model, metadata = read_weights(folder / MODEL_FILE)
-        ema = read_weights(folder / EMA_FILE)[0] if (folder / EMA_FILE).is_file() else None
+        if is_sharded(sharded):
+            model, ema, metadata = None, None, check_sharded(sharded)[1]
+        else:
+            model, metadata = read_weights(folder / MODEL_FILE)
+            ema = read_weights(folder / EMA_FILE)[0] if (folder / EMA_FILE).is_file() else None
     except WeightsError as exc:
         raise CheckpointError(str(exc)) from exc
     try:
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, unpickling refusal, ...
         raise CheckpointError(f"trainer state {folder / STATE_FILE} is corrupt or truncated: {exc}") from exc
-    return Checkpoint(path=folder, model=model, metadata=metadata, state=state, ema=ema)
+    return Checkpoint(path=folder, model=model, metadata=metadata, state=state, ema=ema,
+                      sharded=sharded if model is None else None)

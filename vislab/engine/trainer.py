@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import platform
 import random
 import time
 import warnings
@@ -24,14 +23,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vislab.config import to_yaml
 from vislab.engine import checkpoint as ckpt
-from vislab.engine import strategy
+from vislab.engine import sharded_checkpoint, strategy
 from vislab.engine.block_wrapping import wrap_blocks
-from vislab.engine.distributed import DistInfo, barrier, gather_object
+from vislab.engine.distributed import DistInfo, all_reduce_sum, barrier, gather_object
 from vislab.engine.ema import build_ema
 from vislab.engine.hooks import (CheckpointHook, CurvesHook, EvalHook, Hook, MetricsWriter, MidEpochCheckpointHook,
                                  ProgressHook)
 from vislab.engine.log_window import LogWindow
 from vislab.engine.optim import build_optimizer
+from vislab.engine.precision import autocast_context, resolve_amp
 from vislab.engine.schedule import LRSchedule, apply_lr
 from vislab.utils.finite import finite_outputs
 from vislab.weights import WeightsError, load_state_dict
@@ -56,26 +56,6 @@ def seed_everything(*seeds: int) -> None:
     random.seed(seed)
 
 
-X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
-BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private
-
-
-def cpu_emulates_bf16() -> bool:
-    """Whether this is an x86 CPU without AVX512-BF16 or AMX, where autocast emulates bf16 matrix
-    products and runs slower than float32. Other architectures, and torch builds without the
-    probes, are not judged."""
-    probes = [getattr(torch.cpu, name, None) for name in BF16_PROBES]
-    if platform.machine().lower() not in X86_MACHINES or None in probes:
-        return False
-    return not any(probe() for probe in probes)
-
-
-def autocast_context(device: torch.device, *, enabled: bool, dtype: str):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-
-
 class Trainer:
     def __init__(self, cfg: DictConfig, task, *, run_dir: Path, device: torch.device, dist: DistInfo):
         self.cfg = cfg
@@ -93,6 +73,8 @@ class Trainer:
         if train.strategy == "fsdp":
             strategy.check_fsdp_model(model)
         self.fsdp = train.strategy == "fsdp" and dist.enabled  # one process has nothing to shard
+        self.sharded_checkpoints = (train.checkpoint_format == "sharded"
+                                    or (train.checkpoint_format == "auto" and self.fsdp))
         model.to(device)
         if train.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -120,12 +102,7 @@ class Trainer:
         # after the EMA's deep copy (a copied compiled forward would run this model's weights), before DDP
         wrap_blocks(model, activation_checkpointing=train.activation_checkpointing, compile_blocks=train.compile)
 
-        self.amp = train.amp if train.amp is not None else device.type == "cuda"
-        if self.amp and train.amp_dtype == "fp16" and device.type != "cuda":
-            raise ValueError("train.amp_dtype=fp16 needs CUDA; use bf16 on CPU")
-        if self.amp and device.type == "cpu" and dist.is_main and cpu_emulates_bf16():
-            warnings.warn("train.amp=true on a CPU without AVX512-BF16 or AMX: bf16 autocast is emulated "
-                          "there and slower than float32; set train.amp=false", stacklevel=2)
+        self.amp = resolve_amp(amp=train.amp, amp_dtype=train.amp_dtype, device=device, warn=dist.is_main)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and train.amp_dtype == "fp16")
 
         self.model: nn.Module = model
@@ -218,9 +195,7 @@ class Trainer:
             lr = apply_lr(self.optimizer, base_lr=self.peak_lr, factor=self.schedule(self.step))
             for micro in range(accumulate):
                 batch = next(batches)
-                sync = (self.model.no_sync() if isinstance(self.model, DistributedDataParallel)
-                        and micro < accumulate - 1 else contextlib.nullcontext())
-                with sync:
+                with self._gradient_sync(last_micro_batch=micro == accumulate - 1):
                     with autocast_context(self.device, enabled=self.amp, dtype=train.amp_dtype):
                         loss, num_images = self.task.train_step(self.model, batch, self.device)
                     if loss is None:  # every sample of the batch was unreadable and skipped
@@ -230,8 +205,8 @@ class Trainer:
                                 f"{self.step + 1}; with several processes a whole batch cannot be skipped: "
                                 f"remove the unreadable files (data.skip_bad counts them) and resume")
                         loss = sum(p.sum() * 0.0 for p in self.model.parameters())
-                    elif not torch.isfinite(loss.detach()).item():
-                        self._stop_non_finite(loss)
+                    else:
+                        self._check_finite_everywhere(loss)
                     self.scaler.scale(loss / accumulate).backward()
                 self.log_window.add(loss=loss.item(), images=num_images, skipped=batch.get("skipped", 0))
             if train.clip_grad_norm is not None:
@@ -252,14 +227,32 @@ class Trainer:
             for hook in self.hooks:
                 hook.after_step(self, metrics)
 
+    def _gradient_sync(self, *, last_micro_batch: bool):
+        """Gradients reduced across processes once per step, in the backward of its last micro-batch:
+        DDP's ``no_sync`` before it; FSDP2 accumulates unsharded gradients locally until then."""
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(last_micro_batch)
+        elif isinstance(self.model, DistributedDataParallel) and not last_micro_batch:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
     def _last_good(self) -> str:
         last = self.checkpoints.pointer(ckpt.LAST)
         return f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
 
-    def _stop_non_finite(self, loss: torch.Tensor) -> None:
-        raise NonFiniteLossError(
-            f"loss is {loss.item()} at step {self.step + 1} (epoch {self.epoch + 1}); training stopped "
-            f"and nothing was saved after it; {self._last_good()}")
+    def _check_finite_everywhere(self, loss: torch.Tensor) -> None:
+        """Stop on a NaN or infinite loss, and with several processes stop all of them together
+        with the same error: each learns every process's loss (a sum where each fills its own
+        slot), since one stopping alone would leave the others waiting in the gradient all-reduce."""
+        losses = torch.zeros(self.dist.world_size, dtype=torch.float64)
+        losses[self.dist.rank] = loss.item()
+        bad = [f"{value} on process {rank}" if self.dist.enabled else f"{value}"
+               for rank, value in enumerate(all_reduce_sum(losses, self.dist).tolist()) if not math.isfinite(value)]
+        if bad:
+            of = f" (of {self.dist.world_size} processes)" if self.dist.enabled else ""
+            raise NonFiniteLossError(
+                f"loss is {', '.join(bad)}{of} at step {self.step + 1} (epoch {self.epoch + 1}); training stopped "
+                f"and nothing was saved after it; {self._last_good()}")
 
     # ---------------------------------------------------------------- evaluation
     def run_evaluation(self) -> dict[str, float]:
@@ -296,28 +289,29 @@ class Trainer:
         ``epoch_0002``), is never the best one: no evaluation has seen its weights."""
         # every process's RNG and logging sums: a mid-epoch resume continues each from where it was
         per_rank = gather_object({"rng": ckpt.rng_state(), "log_window": self.log_window.state()}, self.dist)
-        if self.fsdp:  # gathered by every process, held by rank 0
-            model_state, optimizer_state, ema_state = strategy.full_state_dicts(
-                self.model, self.optimizer, ema_module=self.ema.module if self.ema is not None else None)
+        name = f"epoch_{self.epoch:04d}_step_{self.step:08d}" if mid_epoch else f"epoch_{self.epoch:04d}"
+        metadata = {"model": self.cfg.model.name, "task": self.cfg.task, "config": to_yaml(self.cfg),
+                    "epoch": self.epoch, "step": self.step, "metrics": self.last_eval, **self.task.metadata()}
+        state = {"epoch": self.epoch, "step": self.step, "steps_per_epoch": self.steps_per_epoch,
+                 "steps_into_epoch": self.steps_into_epoch if mid_epoch else 0, "scaler": self.scaler.state_dict(),
+                 "rng": [r["rng"] for r in per_rank or []], "log_window": [r["log_window"] for r in per_rank or []],
+                 "skipped_samples": self.skipped_samples, "best": self.best, "config": to_yaml(self.cfg),
+                 **({"ema_updates": self.ema.n_averaged} if self.ema is not None else {})}  # rank 0's is saved
+        ema_module = self.ema.module if self.ema is not None else None
+        if self.sharded_checkpoints:  # every process writes its shards
+            sharded_checkpoint.save(self.checkpoints, name, model=self.model_without_ddp, optimizer=self.optimizer,
+                                    ema_module=ema_module, metadata=metadata, trainer_state=state,
+                                    is_main=self.dist.is_main)
+        elif self.fsdp:  # gathered by every process, written by rank 0
+            model_state, state["optimizer"], ema_state = strategy.full_state_dicts(
+                self.model, self.optimizer, ema_module=ema_module)
+        elif self.dist.is_main:
+            model_state, state["optimizer"] = self.model_without_ddp.state_dict(), self.optimizer.state_dict()
+            ema_state = ema_module.state_dict() if ema_module is not None else None
         if self.dist.is_main:
-            if not self.fsdp:
-                model_state, optimizer_state = self.model_without_ddp.state_dict(), self.optimizer.state_dict()
-                ema_state = self.ema.module.state_dict() if self.ema is not None else None
-            name = f"epoch_{self.epoch:04d}_step_{self.step:08d}" if mid_epoch else f"epoch_{self.epoch:04d}"
-            metadata = {"model": self.cfg.model.name, "task": self.cfg.task, "config": to_yaml(self.cfg),
-                        "epoch": self.epoch, "step": self.step, "metrics": self.last_eval,
-                        **self.task.metadata()}
-            state = {"epoch": self.epoch, "step": self.step, "steps_per_epoch": self.steps_per_epoch,
-                     "steps_into_epoch": self.steps_into_epoch if mid_epoch else 0,
-                     "optimizer": optimizer_state, "scaler": self.scaler.state_dict(),
-                     "rng": [r["rng"] for r in per_rank], "log_window": [r["log_window"] for r in per_rank],
-                     "skipped_samples": self.skipped_samples, "best": self.best, "config": to_yaml(self.cfg)}
-            extra = {}
-            if self.ema is not None:
-                extra[ckpt.EMA_FILE] = ema_state
-                state["ema_updates"] = self.ema.n_averaged
-            self.checkpoints.save(name, model_state=model_state,
-                                  metadata=metadata, trainer_state=state, extra_weights=extra)
+            if not self.sharded_checkpoints:
+                self.checkpoints.save(name, model_state=model_state, metadata=metadata, trainer_state=state,
+                                      extra_weights={ckpt.EMA_FILE: ema_state} if ema_module is not None else {})
             if self.best_is_current and not mid_epoch:
                 self.checkpoints.mark_best(name)
             self.checkpoints.prune(keep_last=keep_last)
@@ -339,31 +333,40 @@ class Trainer:
         if changed:
             raise ckpt.CheckpointError(f"cannot resume {loaded.path} under other optimizer settings: "
                                        f"{'; '.join(changed)}")
-        try:
-            if self.fsdp:
-                strategy.load_full_model_state(self.model, loaded.model)
-            else:
-                load_state_dict(self.model_without_ddp, loaded.model, strict=True,
-                                source=f"checkpoint {loaded.path}")
-        except WeightsError as exc:
-            raise ckpt.CheckpointError(str(exc)) from None
         state = loaded.state
+        if loaded.sharded is not None:  # model, optimizer and EMA read shard by shard
+            sharded_checkpoint.load(loaded.path, model=self.model_without_ddp, optimizer=self.optimizer,
+                                    ema_module=self.ema.module if self.ema is not None else None,
+                                    optimizer_rest=state["optimizer"])
+        else:
+            self._load_full_checkpoint(loaded)
         if self.ema is not None:
-            if loaded.ema is None:
-                raise ckpt.CheckpointError(f"train.ema_decay is set but checkpoint {loaded.path} "
-                                           f"has no {ckpt.EMA_FILE}")
-            if self.fsdp:
-                strategy.load_full_model_state(self.ema.module, loaded.ema)
-            else:
-                self.ema.module.load_state_dict(loaded.ema)
             self.ema.n_averaged.copy_(state["ema_updates"])
-        strategy.load_optimizer_state(self.model_without_ddp, self.optimizer, state["optimizer"], sharded=self.fsdp)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         self.skipped_samples = state.get("skipped_samples", 0)
         if state.get("steps_into_epoch", 0) > 0:
             self._resume_mid_epoch(state, path=loaded.path)
         return loaded.path
+
+    def _load_full_checkpoint(self, loaded: ckpt.Checkpoint) -> None:
+        """Model, EMA and optimizer from a full checkpoint, into a sharded model or not."""
+        try:
+            if self.fsdp:
+                strategy.load_full_model_state(self.model, loaded.model)
+            else:
+                load_state_dict(self.model_without_ddp, loaded.model, strict=True, source=f"checkpoint {loaded.path}")
+        except WeightsError as exc:
+            raise ckpt.CheckpointError(str(exc)) from None
+        if self.ema is not None:
+            if loaded.ema is None:
+                raise ckpt.CheckpointError(f"train.ema_decay is set but checkpoint {loaded.path} has no {ckpt.EMA_FILE}")
+            if self.fsdp:
+                strategy.load_full_model_state(self.ema.module, loaded.ema)
+            else:
+                self.ema.module.load_state_dict(loaded.ema)
+        strategy.load_optimizer_state(self.model_without_ddp, self.optimizer, loaded.state["optimizer"],
+                                      sharded=self.fsdp)
 
     def _resume_mid_epoch(self, state: dict[str, Any], *, path: Path) -> None:
         """Continue the epoch a mid-epoch checkpoint stopped in: its data order from the next unseen

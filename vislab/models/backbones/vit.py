@@ -21,7 +21,6 @@ from typing import Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 
 from vislab.layers import DropPath, LayerNorm2d, Mlp, drop_path_rates
 from vislab.layers.attention import MultiHeadSelfAttention
@@ -154,8 +153,6 @@ class VisionTransformer(nn.Module):
             has no class token (ViTDet's ``pretrain_use_cls_token``), so pre-trained tables load.
         pos_resize_antialias: resize the position table with antialiasing, as timm does; False
             is detectron2's ``get_abs_pos`` (plain bicubic).
-        activation_checkpointing: recompute each block's activations in the backward pass
-            instead of keeping them (``use_reentrant=False``), trading compute for memory.
     """
 
     def __init__(self, *, patch_size: int = 16, embed_dim: int = 768, depth: int = 12,
@@ -166,7 +163,7 @@ class VisionTransformer(nn.Module):
                  in_chans: int = 3, window_size: int = 0, global_blocks: Sequence[int] = (),
                  rel_pos: bool = False, residual_blocks: Sequence[int] = (), final_norm: bool = True,
                  pretrain_img_size: int | None = None, pretrain_class_token: bool = False,
-                 pos_resize_antialias: bool = True, activation_checkpointing: bool = False):
+                 pos_resize_antialias: bool = True):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"unknown global_pool {global_pool!r}; choose one of {', '.join(GLOBAL_POOLS)}")
@@ -192,7 +189,6 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = 1 if class_token else 0
         self.num_table_prefix = 1 if class_token or pretrain_class_token else 0
         self.pos_resize_antialias = pos_resize_antialias
-        self.activation_checkpointing = activation_checkpointing
         self.out_blocks = tuple(sorted(set(out_blocks)))
 
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -318,16 +314,11 @@ class VisionTransformer(nn.Module):
         patches = tokens[:, self.num_prefix_tokens:]
         return patches.transpose(1, 2).reshape(patches.shape[0], self.embed_dim, *grid)
 
-    def _run_block(self, block: TransformerBlock, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        if self.activation_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, tokens, grid, use_reentrant=False)
-        return block(tokens, grid)
-
     def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         tokens, grid = self._input_tokens(images)
         features = {}
         for index, block in enumerate(self.blocks):
-            tokens = self._run_block(block, tokens, grid)
+            tokens = block(tokens, grid)
             if index in self.out_blocks:
                 features[f"block{index}"] = self._to_map(tokens, grid)
         features["last"] = self._to_map(tokens, grid)
@@ -338,7 +329,7 @@ class VisionTransformer(nn.Module):
         mean patch token."""
         tokens, grid = self._input_tokens(images)
         for block in self.blocks:
-            tokens = self._run_block(block, tokens, grid)
+            tokens = block(tokens, grid)
         if self.global_pool == "token":
             return self.norm(tokens[:, 0])
         return self.norm(tokens[:, self.num_prefix_tokens:].mean(dim=1))

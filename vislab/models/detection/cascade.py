@@ -80,7 +80,7 @@ class CascadeROIHeads(RegionHeads):
                    image_sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
         """Stage ``stage``'s boxes per image, clipped and detached: the next stage's proposals."""
         decoded = self.box_coders[stage].decode(deltas.detach(), torch.cat(boxes))
-        return [clip_boxes_to_image(b, tuple(size)) for b, size in zip(decoded.split([len(b) for b in boxes]),
+        return [clip_boxes_to_image(b, tuple(size)) for b, size in zip(decoded.split([b.shape[0] for b in boxes]),
                                                                        image_sizes)]
 
     def forward(self, features: Sequence[torch.Tensor], proposals: Sequence[torch.Tensor],
@@ -96,7 +96,7 @@ class CascadeROIHeads(RegionHeads):
             probs.append(F.softmax(logits.float(), dim=-1))
             boxes = self._regressed(stage, deltas, boxes, image_sizes)
         final_boxes = torch.cat(boxes)[:, None, :]
-        detections = self._detections(torch.stack(probs).mean(dim=0), final_boxes, [len(b) for b in boxes],
+        detections = self._detections(torch.stack(probs).mean(dim=0), final_boxes, [b.shape[0] for b in boxes],
                                       image_sizes)
         return self._add_masks(features, detections)
 

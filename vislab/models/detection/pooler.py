@@ -39,12 +39,11 @@ class MultiLevelRoIAlign(nn.Module):
     def forward(self, features: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor]) -> torch.Tensor:
         rois = torch.cat([torch.cat((torch.full_like(b[:, :1], i), b), dim=1) for i, b in enumerate(boxes)])
         out = features[0].new_zeros((rois.shape[0], features[0].shape[1], self.resolution, self.resolution))
-        if rois.numel() == 0:
-            return out
         levels = assign_levels(rois[:, 1:], min_level=self.min_level, max_level=self.max_level)
+        # no branch on a level's box count (RoIAlign takes none as well): torch.export cannot follow
+        # a branch on a data-dependent size, and every count here depends on the detections
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.nonzero(levels == level).squeeze(1)
-            if index.numel():
-                out[index] = roi_align(feature, rois[index].to(feature.dtype), self.resolution, spatial_scale=scale,
-                                       sampling_ratio=self.sampling_ratio, aligned=self.aligned).to(out.dtype)
+            out[index] = roi_align(feature, rois[index].to(feature.dtype), self.resolution, spatial_scale=scale,
+                                   sampling_ratio=self.sampling_ratio, aligned=self.aligned).to(out.dtype)
         return out

@@ -121,7 +121,7 @@ class RegionHeads(nn.Module):
         boxes = [d["boxes"] for d in detections]
         labels = torch.cat([d["labels"] for d in detections])
         probs = self._mask_logits(features, boxes, labels).sigmoid()
-        for detection, image_probs in zip(detections, probs.split([len(b) for b in boxes])):
+        for detection, image_probs in zip(detections, probs.split([b.shape[0] for b in boxes])):
             detection["mask_probs"] = image_probs
         return detections
 
@@ -135,7 +135,7 @@ class RegionHeads(nn.Module):
         detections = []
         for image_scores, image_boxes, size in zip(scores.split(counts), boxes.split(counts), image_sizes):
             image_boxes = clip_boxes_to_image(image_boxes, tuple(size)).reshape(-1, 4)
-            labels = torch.arange(num_classes, device=scores.device).repeat(len(image_scores))
+            labels = torch.arange(num_classes, device=scores.device).expand_as(image_scores).reshape(-1)
             image_scores = image_scores.reshape(-1)
             keep = torch.nonzero((image_scores > self.score_threshold) & torch.isfinite(image_boxes).all(dim=1)).squeeze(1)
             if self.min_box_size > 0:
@@ -169,7 +169,7 @@ class ROIHeads(RegionHeads):
                 losses["loss_mask"] = self._mask_loss(features, samples, targets)
             return losses
         logits, deltas = self.box_predictor(self.box_head(self.box_pooler(features, proposals)))
-        boxes = self.box_coder.decode(deltas, torch.cat(proposals)).view(len(deltas), self.num_classes, 4)
-        detections = self._detections(F.softmax(logits.float(), dim=-1), boxes, [len(p) for p in proposals],
+        boxes = self.box_coder.decode(deltas, torch.cat(proposals)).view(-1, self.num_classes, 4)
+        detections = self._detections(F.softmax(logits.float(), dim=-1), boxes, [p.shape[0] for p in proposals],
                                       image_sizes)
         return self._add_masks(features, detections)

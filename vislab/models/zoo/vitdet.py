@@ -28,7 +28,7 @@ NECKS = ("simple_pyramid", "multiscale_fpn")
 def vitdet(*, num_classes: int = 80, patch_size: int = 16, embed_dim: int = 768, depth: int = 12,
            num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.1, img_size: int = 1024,
            pretrain_img_size: int = 224, window_size: int = 14, global_blocks: Sequence[int] | None = None,
-           rel_pos: bool = True, residual_blocks: Sequence[int] = (), activation_checkpointing: bool = False,
+           rel_pos: bool = True, residual_blocks: Sequence[int] = (),
            neck: str = "simple_pyramid", neck_channels: int = 256, neck_norm: str = "LN",
            pyramid_scales: Sequence[float] = SCALES, adaptor_norm: str = "GN",
            head_norm: str = "LN", box_head: str = "4conv1fc", head_conv_dim: int = 256, head_fc_dim: int = 1024,
@@ -53,7 +53,7 @@ def vitdet(*, num_classes: int = 80, patch_size: int = 16, embed_dim: int = 768,
         out_blocks=quarters if neck == "multiscale_fpn" else (), window_size=window_size,
         global_blocks=quarters if global_blocks is None else global_blocks, rel_pos=rel_pos,
         residual_blocks=residual_blocks, final_norm=False, pretrain_img_size=pretrain_img_size,
-        pretrain_class_token=True, pos_resize_antialias=False, activation_checkpointing=activation_checkpointing)
+        pretrain_class_token=True, pos_resize_antialias=False)
     if neck == "simple_pyramid":
         pyramid = SimpleFeaturePyramid(input_shapes=trunk.output_shape(), out_channels=neck_channels,
                                        scales=pyramid_scales, norm=neck_norm)

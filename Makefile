@@ -25,6 +25,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/video.py
 	$(BIN)/python benchmarks/video.py --ava
 	$(BIN)/python benchmarks/detection.py
+	$(BIN)/python benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -125,6 +125,32 @@ def test_invariant_linears_keep_the_weights():
     assert torch.equal(block[0].weight, weights[0]) and torch.equal(block[2].weight, weights[1])
 
 
+def test_evaluation_folds_once_until_the_weights_or_statistics_change(monkeypatch):
+    """Without gradients the folded weights are reused; an optimizer step (an in-place update),
+    new running statistics or a loaded state dict fold again, so outputs follow the weights."""
+    import vislab.layers.invariance as invariance
+
+    folds = []
+    fold = invariance.fold_whitening
+    monkeypatch.setattr(invariance, "fold_whitening", lambda *a: folds.append(1) or fold(*a))
+    torch.manual_seed(0)
+    conv, linear = InvariantConv2d(8, 4, 3, padding=1).eval(), InvariantLinear(8, 4, block=4).eval()
+    x = _correlated_input(2, 8, 6)
+    tokens = x.flatten(2).transpose(1, 2)
+    with torch.no_grad():
+        first = conv(x), linear(tokens)
+        assert len(folds) == 2 and torch.equal(conv(x), first[0]) and torch.equal(linear(tokens), first[1])
+        assert len(folds) == 2
+        conv.weight.mul_(2.0)  # as an optimizer step does
+        linear.load_state_dict({**linear.state_dict(), "bias": linear.bias + 1.0})
+        assert torch.allclose(conv(x) - conv.bias.view(1, -1, 1, 1),
+                              2 * (first[0] - conv.bias.view(1, -1, 1, 1)), atol=1e-5)
+        assert torch.allclose(linear(tokens), first[1] + 1.0, atol=1e-5)
+        assert len(folds) == 4
+    conv(x).sum().backward()  # with gradients every forward folds, so the weights get theirs
+    assert conv.weight.grad is not None and len(folds) == 5
+
+
 def test_flops_reports_the_transforms_training_overhead(capsys):
     from vislab.cli import main
     from vislab.models.info import invariance_overhead
@@ -137,6 +163,10 @@ def test_flops_reports_the_transforms_training_overhead(capsys):
     assert small["overhead"] > large["overhead"] > 0
     assert main(["flops", "resnet20", "--input", "3x32x32", "conv=ift", "norm=none"]) == 0
     assert "invariance transform:" in capsys.readouterr().out
+    # a detector's trunk asks for it through backbone_options
+    nested = invariance_overhead("fcos_r18_fpn_gn_small", input_size=(3, 64, 64), batch_size=2,
+                                 backbone_options={"width": 0.5, "conv": "ift"})
+    assert nested is not None and nested["overhead"] > 0
 
 
 def test_training_under_bf16_autocast_keeps_float32_statistics():

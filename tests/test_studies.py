@@ -3,6 +3,7 @@ the report files, and the scaling fits on data with known parameters."""
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import yaml
 from vislab.cli import main
 from vislab.studies import StudyError, load_study
 from vislab.studies.fits import fit_curve
-from vislab.studies.runner import stage_command, stage_folders
+from vislab.studies.runner import Launcher, stage_command, stage_folders
 
 TINY_RECIPE = {
     "_base_": str(Path(__file__).parents[1] / "configs" / "base" / "classification.yaml"),
@@ -109,15 +110,20 @@ def test_references_leave_interpolations_alone_and_shared_stages_stay_shared(tmp
 
 def test_a_stage_with_checkpoints_is_resumed(tmp_path):
     run_dir = tmp_path / "run"
-    command = stage_command(["optim.lr=0.1"], Path("r.yaml"), run_dir, nproc_per_node=1)
+    command = stage_command(["optim.lr=0.1"], Path("r.yaml"), run_dir, launcher=Launcher())
     assert "resume=true" not in command and f"output_dir={run_dir}" in command
     (run_dir / "checkpoints").mkdir(parents=True)  # a run killed during its first save: nothing to resume
-    assert "resume=true" not in stage_command([], Path("r.yaml"), run_dir, nproc_per_node=1)
+    assert "resume=true" not in stage_command([], Path("r.yaml"), run_dir, launcher=Launcher())
     (run_dir / "checkpoints" / "epoch_0001").mkdir()
     (run_dir / "checkpoints" / "epoch_0001" / "state.pt").write_bytes(b"")
-    assert "resume=true" in stage_command([], Path("r.yaml"), run_dir, nproc_per_node=1)
-    torchrun = stage_command([], Path("r.yaml"), run_dir, nproc_per_node=2)
+    assert "resume=true" in stage_command([], Path("r.yaml"), run_dir, launcher=Launcher())
+    torchrun = stage_command([], Path("r.yaml"), run_dir, launcher=Launcher(nproc_per_node=2))
     assert "torch.distributed.run" in torchrun and "--nproc-per-node=2" in torchrun
+    slurm = stage_command([], Path("r.yaml"), run_dir, launcher=Launcher(launch=("--executor", "slurm", "--gpus-per-node", "8")))
+    assert slurm[slurm.index("launch"):] == ["launch", "--executor", "slurm", "--gpus-per-node", "8", "--wait", "--",
+                                             "train", "r.yaml", f"output_dir={run_dir}", "resume=true"]
+    with pytest.raises(ValueError, match="leave out --nproc-per-node"):
+        Launcher(nproc_per_node=2, launch=("--executor", "local"))
 
 
 @pytest.mark.slow
@@ -219,3 +225,29 @@ def test_a_shared_stage_has_one_folder_for_members_that_agree_on_it(tmp_path):
 def test_shipped_studies_load(path):
     study = load_study(path)
     assert study.members and study.metrics
+
+
+@pytest.mark.slow
+def test_a_failed_shared_stage_runs_once_and_members_go_through_the_launcher(tmp_path, capsys):
+    """Two members share a pre-training stage that fails: it runs once, and the second member is
+    reported with its message. A one-stage study runs its member through ``vislab launch`` (the
+    local executor) to the same summary as a plain run."""
+    _write(tmp_path / "tiny.yaml", TINY_RECIPE)
+    stages = [{"name": "pre", "recipe": "tiny.yaml", "shared": True,
+               "overrides": ["data.name=image_folder", f"data.root={tmp_path / 'missing'}"]},
+              {"name": "fine", "recipe": "tiny.yaml", "overrides": ["pretrained={pre}"]}]
+    path = _write(tmp_path / "shared.yaml", {"name": "shared", "stages": stages, "metrics": ["val/top1"],
+                                             "axes": {"lr": {"key": "optim.lr", "values": [0.1, 0.2]}}})
+    assert main(["study", str(path), "--out", str(tmp_path / "shared")]) == 1
+    printed = capsys.readouterr().out
+    assert printed.count(": failed") == 2 and "is shared and failed for another member" in printed
+    log = next((tmp_path / "shared" / "shared").glob("pre-*/log.txt")).read_text()
+    assert sum(line.startswith("$ ") for line in log.splitlines()) == 1
+
+    path = _study(tmp_path, axes={"samples": {"key": "data.max_train_samples", "values": [16]}}, plot={}, fits={})
+    out = tmp_path / "launched"
+    assert main(["study", str(path), "--out", str(out), "--launch", "--executor local"]) == 0
+    member = out / "members" / "samples-16_seed0"
+    assert "vislab launch --executor local --wait -- train" in (member / "log.txt").read_text().replace(
+        f"{sys.executable} -m ", "")
+    assert (member / "submitit").is_dir() and json.loads((member / "summary.json").read_text())["steps"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import textwrap
 from pathlib import Path
@@ -40,6 +41,7 @@ EXAMPLES = {
     "study": """\
         vislab study configs/studies/gn_vs_bn_batch.yaml --dry-run
         vislab study configs/studies/data_scaling.yaml --jobs 2
+        vislab study configs/studies/frozen_vs_finetuned.yaml --launch "--executor slurm --gpus-per-node 8 --timeout-min 240"
         vislab study configs/studies/invariance.yaml --report-only""",
     "launch": """\
         vislab launch --nodes 2 --gpus-per-node 8 --partition gpu --timeout-min 1440 -- train configs/pretrain/mae_vit_b16.yaml
@@ -146,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print one line per member and run nothing")
     p.add_argument("--jobs", type=int, default=1, help="members run at the same time (each gets a share of the CPU threads)")
     p.add_argument("--nproc-per-node", type=int, default=1, help="run each member through torchrun with this many processes")
+    p.add_argument("--launch", metavar="OPTIONS", help='run each member through `vislab launch OPTIONS` and wait for it, '
+                                                      'e.g. "--executor slurm --gpus-per-node 8 --timeout-min 240"')
     p.add_argument("--report-only", action="store_true", help="only write the report from the members that finished")
     add_launch_arguments(add("launch", LAUNCH_HELP))
     add_export_weights_arguments(add("export-weights", EXPORT_WEIGHTS_HELP))
@@ -153,10 +157,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_study(args) -> int:
-    from vislab.studies import study_command
+    from vislab.studies import Launcher, study_command
 
-    return study_command(args.study, out=args.out, dry_run=args.dry_run, jobs=args.jobs,
-                         nproc_per_node=args.nproc_per_node, report_only=args.report_only)
+    launcher = Launcher(nproc_per_node=args.nproc_per_node, launch=tuple(shlex.split(args.launch or "")))
+    return study_command(args.study, out=args.out, dry_run=args.dry_run, jobs=args.jobs, launcher=launcher,
+                         report_only=args.report_only)
 
 
 def _cmd_train(args) -> int:

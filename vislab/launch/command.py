@@ -51,6 +51,8 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="times the job may requeue itself on reaching its time limit (preemptions do not count)")
     parser.add_argument("--folder", help="submitit's job folder: pickles and logs (default: <output_dir>/submitit)")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script (or local job) and submit nothing")
+    parser.add_argument("--wait", action="store_true",
+                        help="slurm: wait for the job to end, requeues included (`vislab study --launch` does)")
     parser.add_argument("command_line", nargs="+", metavar="-- train RECIPE k=v",
                         help="the training run, as `vislab train` takes it")
 
@@ -152,7 +154,7 @@ def launch_command(args) -> int:
         job = executor.submit(TrainJob(recipe=recipe, overrides=overrides))
     print(f"submitted job {job.job_id} ({args.executor}, {args.nodes} node(s) x {tasks_per_node} tasks): {train_line}")
     print(f"run folder: {output_dir}\nlogs: {job.paths.stdout.with_name(f'{job.job_id}_<task>_log.out')} (and .err)")
-    if args.executor == "slurm":
+    if args.executor == "slurm" and not args.wait:
         return 0
     try:
         summaries = job.results()

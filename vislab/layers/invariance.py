@@ -68,6 +68,25 @@ def fold_whitening(weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.
     return folded, folded_bias
 
 
+class _EvalFold:
+    """The folded weight and bias of an evaluation forward without gradients, computed once and
+    kept while the tensors they come from are unchanged (same storage, same version counter: an
+    optimizer step, a loaded state dict or a move to another device makes them stale). Evaluation
+    then costs what the plain layer costs, as when the transform is folded for deployment."""
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.value: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def get(self, sources: tuple[torch.Tensor | None, ...], fold) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_grad_enabled():
+            return fold()
+        key = tuple((t.data_ptr(), t._version, t.dtype) if t is not None else None for t in sources)
+        if key != self.key:
+            self.key, self.value = key, fold()
+        return self.value
+
+
 class _WhiteningStatistics(nn.Module):
     """Batch whitening of ``num_features``-long samples: the mean and ``C^(-1/2)`` of a training
     batch (and their running averages), or the running ones in evaluation."""
@@ -123,6 +142,7 @@ class InvariantConv2d(nn.Conv2d):
         self.sampling_stride, self.rms_eps, self.scale_invariance = sampling_stride, rms_eps, scale_invariance
         self.num_features = self.block * self.kernel_size[0] * self.kernel_size[1]
         self.whiten = _WhiteningStatistics(self.num_features, iterations=iterations, eps=eps, momentum=momentum)
+        self._eval_fold = _EvalFold()
 
     def _patch_samples(self, x: torch.Tensor) -> torch.Tensor:
         """(samples, block x k x k): the patches at the sampling stride, scale-normalised, each
@@ -141,10 +161,16 @@ class InvariantConv2d(nn.Conv2d):
                                padding=self.padding, dilation=self.dilation)
         return (mean_square + self.rms_eps).sqrt()
 
+    def _fold(self, mean: torch.Tensor, whitening: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return fold_whitening(self.weight.reshape(self.out_channels, -1, self.num_features), self.bias, mean, whitening)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean, whitening = self.whiten.statistics(self._patch_samples(x) if self.training else None)
-        weight, bias = fold_whitening(self.weight.reshape(self.out_channels, -1, self.num_features), self.bias,
-                                      mean, whitening)
+        if self.training:
+            weight, bias = self._fold(*self.whiten.statistics(self._patch_samples(x)))
+        else:
+            weight, bias = self._eval_fold.get(
+                (self.weight, self.bias, self.whiten.running_mean, self.whiten.running_whitening),
+                lambda: self._fold(*self.whiten.statistics(None)))
         y = F.conv2d(x, weight.reshape(self.weight.shape).to(x.dtype), None, self.stride, self.padding,
                      self.dilation)
         if self.scale_invariance:
@@ -167,25 +193,28 @@ class InvariantLinear(nn.Linear):
         self.block = _blocks(in_features, block)
         self.sampling_stride, self.rms_eps, self.scale_invariance = sampling_stride, rms_eps, scale_invariance
         self.whiten = _WhiteningStatistics(self.block, iterations=iterations, eps=eps, momentum=momentum)
+        self._eval_fold = _EvalFold()
 
     def _rms(self, x: torch.Tensor) -> torch.Tensor:
         return (x.pow(2).mean(-1, keepdim=True) + self.rms_eps).sqrt()
 
+    def _fold(self, mean: torch.Tensor, whitening: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return fold_whitening(self.weight.reshape(self.out_features, -1, self.block), self.bias, mean, whitening)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        samples = None
         if self.training:
             tokens = x.reshape(-1, self.in_features)[::self.sampling_stride]
             if self.scale_invariance:
                 tokens = tokens / self._rms(tokens)
-            samples = tokens.reshape(-1, self.block)
-        mean, whitening = self.whiten.statistics(samples)
-        weight, bias = fold_whitening(self.weight.reshape(self.out_features, -1, self.block), self.bias,
-                                      mean, whitening)
+            weight, bias = self._fold(*self.whiten.statistics(tokens.reshape(-1, self.block)))
+        else:
+            weight, bias = self._eval_fold.get(
+                (self.weight, self.bias, self.whiten.running_mean, self.whiten.running_whitening),
+                lambda: self._fold(*self.whiten.statistics(None)))
         y = F.linear(x, weight.reshape(self.weight.shape).to(x.dtype))
         if self.scale_invariance:
             y = y / self._rms(x)
         return y + bias.to(y.dtype)
-
 
 
 def invariant_linears(module: nn.Module, **options) -> nn.Module:

@@ -52,13 +52,21 @@ def model_info(name: str, *, input_size: Sequence[int] | None = None, **override
 INVARIANCE_OPTIONS = {"conv": "conv", "linear": "linear"}
 
 
+def _without_invariance(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with every request for the transform, nested ones included (a detector's
+    ``backbone_options={"conv": "ift"}``), replaced by the plain layer."""
+    return {key: INVARIANCE_OPTIONS[key] if key in INVARIANCE_OPTIONS and value == "ift"
+            else _without_invariance(value) if isinstance(value, dict) else value
+            for key, value in options.items()}
+
+
 def invariance_overhead(name: str, *, input_size: Sequence[int] | None = None, batch_size: int = 32,
                         **overrides: Any) -> dict[str, Any] | None:
     """What the invariance feature transform adds to a training forward pass (batch covariances,
     Newton-Schulz iterations, folding, patch RMS): GMACs per input of the model as configured
     against the same model with plain layers, at ``batch_size`` (the statistics' cost per input
     falls with the batch). None when the options do not ask for the transform."""
-    plain = {k: INVARIANCE_OPTIONS[k] if k in INVARIANCE_OPTIONS and v == "ift" else v for k, v in overrides.items()}
+    plain = _without_invariance(overrides)
     if plain == overrides:
         return None
     size = tuple(input_size) if input_size is not None else get_entry(name).input_size

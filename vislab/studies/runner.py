@@ -2,9 +2,11 @@
 
 A member's stage is skipped when its run folder holds ``summary.json`` (it finished), resumed when
 it holds checkpoints, and started afresh otherwise, so running a study again after a crash finishes
-it without redoing work. Each run is a subprocess (``python -m vislab train``, or torchrun with
-several processes) with its output in ``log.txt`` beside the run; a member that fails is reported
-with the end of its log and the others go on.
+it without redoing work. Each run is a subprocess (``python -m vislab train``, torchrun with
+several processes, or ``vislab launch ... --wait``: Slurm or submitit's local executor, see
+``Launcher``) with its output in ``log.txt`` beside the run; a member that fails is reported with
+the end of its log and the others go on. A shared stage that failed is not run again for the
+other members that share it: they are reported as failed with its message.
 """
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vislab.engine.checkpoint import CheckpointError, find_resumable
@@ -79,14 +81,34 @@ def has_checkpoint(run_dir: Path) -> bool:
         return False
 
 
-def stage_command(stage_overrides: list[str], recipe: Path, run_dir: Path, *, nproc_per_node: int) -> list[str]:
+@dataclass(frozen=True)
+class Launcher:
+    """How a stage's run is started: ``python -m vislab train``; through torchrun with
+    ``nproc_per_node`` processes; or with ``launch`` (``vislab launch`` options, e.g. ``--executor
+    slurm --nodes 2 --gpus-per-node 8 --timeout-min 240``), waiting for the job to end, requeues
+    included."""
+
+    nproc_per_node: int = 1
+    launch: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.nproc_per_node < 1:
+            raise ValueError("--nproc-per-node must be at least 1")
+        if self.launch and self.nproc_per_node > 1:
+            raise ValueError("--launch sets the processes itself (--gpus-per-node, --tasks-per-node): "
+                             "leave out --nproc-per-node")
+
+
+def stage_command(stage_overrides: list[str], recipe: Path, run_dir: Path, *, launcher: Launcher) -> list[str]:
     """The ``vislab train`` command of one stage: resumed when its folder holds a checkpoint."""
     resume = ["resume=true"] if has_checkpoint(run_dir) else []
-    train = ["-m", "vislab", "train", str(recipe), *stage_overrides, f"output_dir={run_dir}", *resume]
-    if nproc_per_node > 1:
+    train = ["train", str(recipe), *stage_overrides, f"output_dir={run_dir}", *resume]
+    if launcher.launch:
+        return [sys.executable, "-m", "vislab", "launch", *launcher.launch, "--wait", "--", *train]
+    if launcher.nproc_per_node > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={nproc_per_node}", *train]
-    return [sys.executable, *train]
+                f"--nproc-per-node={launcher.nproc_per_node}", "-m", "vislab", *train]
+    return [sys.executable, "-m", "vislab", *train]
 
 
 def _clear_unresumable(run_dir: Path) -> None:
@@ -122,8 +144,11 @@ def _stale(run_dir: Path, record: dict) -> bool:
     return path.is_file() and json.loads(path.read_text()) != record
 
 
-def run_member(study_dir: Path, member: Member, *, nproc_per_node: int = 1,
-               threads: int | None = None) -> MemberResult:
+def run_member(study_dir: Path, member: Member, *, launcher: Launcher = Launcher(), threads: int | None = None,
+               failed_shared: dict[Path, str] | None = None) -> MemberResult:
+    """Run the member's stages in order. ``failed_shared`` maps the folders of shared stages that
+    failed in this study run to their messages: they are not run again."""
+    failed_shared = {} if failed_shared is None else failed_shared
     folders = stage_folders(study_dir, member)
     env = dict(os.environ)
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
@@ -142,23 +167,28 @@ def run_member(study_dir: Path, member: Member, *, nproc_per_node: int = 1,
                                     f"study now gives (see {run_dir / RECORD_NAME}); remove it to run it again")
             if is_finished(run_dir):
                 continue
+            if run_dir in failed_shared:
+                return MemberResult(member, "failed", run_dir, f"stage {stage.name} is shared and failed for "
+                                                               f"another member: {failed_shared[run_dir]}")
             ran = True
             _clear_unresumable(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / RECORD_NAME, json.dumps(record, indent=1))
-            command = stage_command(overrides, stage.recipe, run_dir, nproc_per_node=nproc_per_node)
+            command = stage_command(overrides, stage.recipe, run_dir, launcher=launcher)
             log = run_dir / LOG_NAME
             with log.open("a") as out:
                 out.write("$ " + " ".join(command) + "\n")
                 out.flush()
                 code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
             if code != 0 or not is_finished(run_dir):
-                return MemberResult(member, "failed", run_dir,
-                                    f"stage {stage.name} exited with {code}; {log}:\n{_log_tail(log)}")
+                message = f"stage {stage.name} exited with {code}; {log}:\n{_log_tail(log)}"
+                if stage.shared:
+                    failed_shared[run_dir] = message
+                return MemberResult(member, "failed", run_dir, message)
     return MemberResult(member, "done" if ran else "skipped", member_folder(study_dir, member))
 
 
-def describe(study: Study, study_dir: Path, *, nproc_per_node: int = 1) -> list[str]:
+def describe(study: Study, study_dir: Path) -> list[str]:
     """One line per member (``--dry-run``): its state and each stage's command overrides."""
     lines = []
     for member in study.members:
@@ -172,16 +202,17 @@ def describe(study: Study, study_dir: Path, *, nproc_per_node: int = 1) -> list[
     return lines
 
 
-def run_study(study: Study, study_dir: Path, *, jobs: int = 1, nproc_per_node: int = 1,
+def run_study(study: Study, study_dir: Path, *, jobs: int = 1, launcher: Launcher = Launcher(),
               report=print) -> list[MemberResult]:
     """Run every member (``jobs`` at a time), reporting each as it ends; failures do not stop the
     others. With several jobs each gets an equal share of the CPU threads."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     total = len(study.members)
+    failed_shared: dict[Path, str] = {}  # written under each folder's lock
 
     def one(indexed: tuple[int, Member]) -> MemberResult:
         index, member = indexed
-        result = run_member(study_dir, member, nproc_per_node=nproc_per_node, threads=threads)
+        result = run_member(study_dir, member, launcher=launcher, threads=threads, failed_shared=failed_shared)
         report(f"[{index + 1}/{total}] {member.name}: {result.status}"
                + (f"\n{result.message}" if result.message else ""))
         return result

@@ -35,7 +35,8 @@ class FrozenBatchNorm2d(nn.Module):
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
         shift = self.bias - self.running_mean * scale
         shape = (1, -1) + (1,) * (x.dim() - 2)  # (N, C, H, W), or (N, C, T, H, W) for video
-        return x * scale.view(shape).to(x.dtype) + shift.view(shape).to(x.dtype)
+        # one fused pass over x (a multiply then an add would read and write it twice)
+        return torch.addcmul(shift.view(shape).to(x.dtype), x, scale.view(shape).to(x.dtype))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # BatchNorm checkpoints carry a step counter that frozen statistics do not need.

@@ -25,7 +25,6 @@ import time
 import torch
 from torch.nn import functional as F
 
-import vislab
 from vislab.engine.block_wrapping import wrap_blocks
 from vislab.engine.precision import cpu_emulates_bf16
 from vislab.models.complexity import count_gmacs
@@ -33,7 +32,6 @@ from vislab.models.complexity import count_gmacs
 import train_bench
 
 SETTINGS = ("fp32", "channels_last", "compiled", "bf16")
-SIZED = ("vit_", "mvitv2_")
 
 
 def matmul_gflops(dtype: torch.dtype, *, device: torch.device, min_seconds: float = 0.5) -> float:
@@ -50,9 +48,7 @@ def matmul_gflops(dtype: torch.dtype, *, device: torch.device, min_seconds: floa
 
 
 def build(name: str, setting: str, *, image_size: int, device: torch.device):
-    torch.manual_seed(train_bench.SEED)
-    model = vislab.create_model(name, num_classes=train_bench.NUM_CLASSES,
-                                **({"img_size": image_size} if name.startswith(SIZED) else {}))
+    model = train_bench.build_model(train_bench.ModelSpec(library="vislab", name=name), image_size=image_size)
     channels_last = setting != "fp32"
     model.to(device=device, memory_format=train_bench.memory_format(channels_last=channels_last)).train()
     if setting in ("compiled", "bf16"):
@@ -71,9 +67,8 @@ def build(name: str, setting: str, *, image_size: int, device: torch.device):
 
 
 def measure_model(name: str, *, settings: list[str], args: argparse.Namespace, device: torch.device) -> dict:
-    gmacs = count_gmacs(vislab.create_model(name, num_classes=train_bench.NUM_CLASSES,
-                                            **({"img_size": args.image_size} if name.startswith(SIZED) else {})),
-                        (3, args.image_size, args.image_size))
+    gmacs = count_gmacs(train_bench.build_model(train_bench.ModelSpec(library="vislab", name=name),
+                                                image_size=args.image_size), (3, args.image_size, args.image_size))
     runs, warmup_seconds = {}, {}
     for setting in settings:
         _, step, channels_last = build(name, setting, image_size=args.image_size, device=device)

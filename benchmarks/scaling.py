@@ -47,11 +47,6 @@ import train_bench  # noqa: E402
 MIB = 2**20
 
 
-def rss_kib(field: str) -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith(f"{field}:")).split()[1])
-
-
 def reset_peak(device: torch.device) -> None:
     """Start a new peak: the allocator's on CUDA, ``VmHWM`` (through ``clear_refs``) on Linux."""
     if device.type == "cuda":
@@ -65,7 +60,7 @@ def peak_mib(device: torch.device, *, baseline_kib: int) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) / MIB
-    return (rss_kib("VmHWM") - baseline_kib) / 1024
+    return (train_bench.peak_rss_kib() - baseline_kib) / 1024
 
 
 def mae_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, *,
@@ -83,7 +78,7 @@ def strategy_worker(args: argparse.Namespace) -> None:
     """One of two processes training the MAE model under ``args.strategy``; rank 0 prints JSON."""
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if args.device == "cuda" else torch.device("cpu")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    baseline = rss_kib("VmRSS")
+    baseline = train_bench.status_kib("VmRSS")
     torch.manual_seed(0)
     model = vislab.create_model(args.fsdp_model, img_size=args.image_size).to(device)
     if args.strategy == "fsdp":
@@ -130,7 +125,7 @@ def checkpointing_child(args: argparse.Namespace) -> None:
 
     for _ in range(args.warmup):
         step()
-    before = (torch.cuda.memory_allocated(device) / MIB if device.type == "cuda" else rss_kib("VmRSS") / 1024)
+    before = (torch.cuda.memory_allocated(device) / MIB if device.type == "cuda" else train_bench.status_kib("VmRSS") / 1024)
     reset_peak(device)
     times = [train_bench.elapsed_seconds(step, device=device) for _ in range(args.steps)]
     peak = peak_mib(device, baseline_kib=0)

@@ -257,11 +257,16 @@ def cuda_peak_mib(trainee: Trainee, batch: Batch, *, steps: int, device: torch.d
     return cuda_peak_increase_mib(lambda: train_steps(trainee, batch, steps=steps), device=device)
 
 
+def status_kib(field: str) -> int:
+    """A memory field of this process's ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in KiB."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(f"{field}:")).split()[1])
+
+
 def peak_rss_kib() -> int:
     """This process's peak RSS (Linux ``VmHWM``). Not ``getrusage``'s ``ru_maxrss``: a child
     inherits its parent's peak there at exec, which would hide the child's own growth."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+    return status_kib("VmHWM")
 
 
 def report_rss_increase(args: argparse.Namespace) -> None:

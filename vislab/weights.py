@@ -9,12 +9,13 @@ only DCP's metadata classes, and its tensors through ``torch.load(weights_only=T
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -147,11 +148,19 @@ class _CheckedReader(dcp.FileSystemReader):
         return load_dcp_metadata(Path(self.path) / SHARDED_INDEX)
 
 
+@contextlib.contextmanager
+def single_process_dcp() -> Iterator[None]:
+    """DCP's save and load without a process group, without its warning that they then work in one
+    process: that is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is .*single process")
+        yield
+
+
 def load_sharded_tensors(tensors: dict[str, Any], path: Path) -> None:
     """Fill ``tensors`` (a nested dict of tensors or DTensor shards) from the sharded folder ``path``:
     a collective when a process group is up, else this process reads everything it asks for."""
-    with warnings.catch_warnings():  # DCP warns that it reads in one process: that is meant
-        warnings.filterwarnings("ignore", message="torch.distributed is .*single process")
+    with single_process_dcp():
         dcp.load(tensors, storage_reader=_CheckedReader(str(path)))
 
 

@@ -16,7 +16,6 @@ them, so a checkpoint resumes under another process count, and under DDP or one 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
                                                      set_model_state_dict, set_optimizer_state_dict)
 
 from vislab.engine.checkpoint import SHARDED_DIR, STATE_FILE, CheckpointDir, CheckpointError
-from vislab.weights import SHARDED_METADATA, check_sharded, load_sharded_tensors
+from vislab.weights import SHARDED_METADATA, load_sharded_tensors, single_process_dcp
 
 
 def _split(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -55,8 +54,7 @@ def save(checkpoints: CheckpointDir, name: str, *, model: nn.Module, optimizer: 
     tensors, rest = _split(model, optimizer, ema_module)
 
     def fill(folder: Path) -> None:
-        with warnings.catch_warnings():  # DCP warns when one process saves: that is meant
-            warnings.filterwarnings("ignore", message="torch.distributed is .*single process")
+        with single_process_dcp():
             dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(folder / SHARDED_DIR)))
         if is_main:
             (folder / SHARDED_DIR / SHARDED_METADATA).write_text(json.dumps(metadata))
@@ -66,15 +64,16 @@ def save(checkpoints: CheckpointDir, name: str, *, model: nn.Module, optimizer: 
 
 
 def load(folder: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, ema_module: nn.Module | None,
-         optimizer_rest: dict[str, Any]) -> None:
-    """Read a sharded checkpoint's tensors into ``model``, ``optimizer`` and ``ema_module`` (each
-    process its own shards, or everything for an unsharded model); a collective when a process
-    group is up. ``optimizer_rest`` is what ``state.pt`` kept of the optimizer."""
-    source = folder / SHARDED_DIR
-    index, _ = check_sharded(source)
-    tensors, _ = _split(model, optimizer, ema_module)
-    if ema_module is not None and not any(key.startswith("ema.") for key in index.state_dict_metadata):
+         trainer_state: dict[str, Any]) -> None:
+    """Read a sharded checkpoint's tensors (its files already checked against the index by
+    ``load_checkpoint``) into ``model``, ``optimizer`` and ``ema_module`` (each process its own
+    shards, or everything for an unsharded model); a collective when a process group is up.
+    ``trainer_state`` is its ``state.pt``: the optimizer's remainder, and whether an EMA was saved."""
+    if ema_module is not None and "ema_updates" not in trainer_state:
         raise CheckpointError(f"train.ema_decay is set but checkpoint {folder} holds no moving average")
+    optimizer_rest = trainer_state["optimizer"]
+    source = folder / SHARDED_DIR
+    tensors, _ = _split(model, optimizer, ema_module)
     try:
         load_sharded_tensors(tensors, source)
         set_model_state_dict(model, tensors["model"])

@@ -337,7 +337,7 @@ class Trainer:
         if loaded.sharded is not None:  # model, optimizer and EMA read shard by shard
             sharded_checkpoint.load(loaded.path, model=self.model_without_ddp, optimizer=self.optimizer,
                                     ema_module=self.ema.module if self.ema is not None else None,
-                                    optimizer_rest=state["optimizer"])
+                                    trainer_state=state)
         else:
             self._load_full_checkpoint(loaded)
         if self.ema is not None:

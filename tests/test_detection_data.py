@@ -1,5 +1,5 @@
-"""Detection data: the synthetic shapes generator, COCO loading and its errors, the v2
-detection transforms, detection collate, and `vislab data shapes`."""
+"""Detection data: the synthetic shapes generator, COCO loading and its errors, a COCO set's objects
+as a classification set, the v2 detection transforms, detection collate, and `vislab data shapes`."""
 from __future__ import annotations
 
 import json
@@ -12,12 +12,15 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from vislab.cli import main
+from vislab.config import ConfigError, load_config
 from vislab.data.datasets.coco import CocoDetection, decode_segmentation
+from vislab.data.datasets.coco_images import CocoObjects
 from vislab.data.datasets.image_folder import DataError
 from vislab.data.datasets.shapes import SHAPE_KINDS, ensure_shapes, generate_shapes
 from vislab.data.loader import collate_detection
 from vislab.data.sampler import SeededSamples
 from vislab.data.transforms.detection import detection_eval_transform, detection_train_transform
+from vislab.tasks.classification import build_dataset
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -177,6 +180,38 @@ def test_non_contiguous_category_ids(tmp_path):
     assert target["image_id"] == 10 and target["labels"].tolist() == [2, 0, 1]
     # boxes are XYXY and clamped to the image (the third runs past the right and bottom edges)
     assert target["boxes"].tolist() == [[1, 2, 6, 7], [8, 3, 12, 9], [20, 10, 32, 24]]
+
+
+def test_objects_become_square_crops_with_context_labelled_by_category(tmp_path):
+    crowd = _ann(4, 1, 7, [0, 0, 10, 10], iscrowd=1)
+    path = _write_coco(tmp_path, images=[(1, 40, 60)], categories=[7, 3],
+                       annotations=[_ann(1, 1, 3, [10, 5, 20, 10]), _ann(2, 1, 7, [50, 30, 10, 10]),
+                                    _ann(3, 1, 7, [30, 30, 4, 9]), crowd])  # 3: thinner than 8 px
+    picture = Image.new("RGB", (60, 40), (90, 120, 150))
+    picture.paste((255, 0, 0), (10, 5, 30, 15))
+    picture.save(tmp_path / "images" / "1.png")
+    objects = CocoObjects(images_dir=tmp_path / "images", annotations=path, context=1.5)
+    assert len(objects) == 2 and objects.labels == [0, 1] and objects.classes == ["class3", "class7"]
+    crop, label = objects[0]  # box centre (20, 10), side 1.5 x 20: x 5-35, y -5-25
+    assert crop.size == (30, 30) and label == 0
+    pixels = np.asarray(crop)
+    assert pixels[15, 15].tolist() == [255, 0, 0] and pixels[15, 2].tolist() == [90, 120, 150]
+    assert pixels[0, 15].tolist() == [0, 0, 0]  # above the image: filled with black
+    crop, label = objects[1]  # centre (55, 35), side 15: reaches past the right and bottom edges
+    assert crop.size == (15, 15) and label == 1 and np.asarray(crop)[-1, -1].tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="object_context=0.5"):
+        CocoObjects(images_dir=tmp_path / "images", annotations=path, context=0.5)
+
+
+def test_a_classification_config_reads_a_shapes_set_as_images_or_objects(tmp_path):
+    overrides = ["data.name=shapes", f"data.root={tmp_path}", "data.synthetic_train=12", "data.synthetic_val=3"]
+    images = build_dataset(load_config(None, overrides), "train")
+    objects = build_dataset(load_config(None, [*overrides, "data.coco_examples=objects"]), "train")
+    annotations = json.loads((tmp_path / "annotations" / "train.json").read_text())["annotations"]
+    assert len(images) == 12 and isinstance(objects, CocoObjects)
+    assert len(objects) == sum(min(a["bbox"][2:]) >= 8 for a in annotations) > 12
+    with pytest.raises(ConfigError, match="data.coco_examples"):
+        load_config(None, [*overrides, "data.coco_examples=boxes"])
 
 
 def _square_sample(*, height: int = 40, width: int = 60, box: tuple[int, int, int, int] = (10, 5, 30, 25)):

@@ -41,6 +41,8 @@ class DataConfig:
     train_images: Optional[str] = None  # coco: folder of the training images
     val_annotations: Optional[str] = None
     val_images: Optional[str] = None
+    coco_examples: str = "images"  # classifying a coco/shapes set: images (label: largest object) | objects (crops)
+    object_context: float = 1.5  # coco_examples=objects: crop side / the box's longer side
     synthetic_train: int = 600  # shapes, moving_shapes: images or clips generated per split
     synthetic_val: int = 100
     synthetic_seed: int = 0
@@ -157,6 +159,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task": ("classification", "detection", "pretrain", "video", "action_detection"),
     "data.name": ("digits", "image_folder", "coco", "shapes", "video_list", "moving_shapes", "ava", "moving_actors"),
     "data.val_boxes": ("proposals", "groundtruth"),
+    "data.coco_examples": ("images", "objects"),
     "optim.name": ("sgd", "adamw", "lars"),
     "schedule.name": ("cosine", "step", "constant"),
     "train.amp_dtype": ("bf16", "fp16"),

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from vislab.config import model_kwargs
 from vislab.data.subsets import fixed_order, limit, subset_of
-from vislab.data.datasets.coco_images import CocoImages
+from vislab.data.datasets.coco_images import CocoImages, CocoObjects
 from vislab.data.datasets.digits import DigitsDataset
 from vislab.data.datasets.image_folder import DataError, ImageFolderDataset
 from vislab.data.transforms.classification import train_transform, val_transform
@@ -27,14 +27,18 @@ from vislab.tasks.loaders import train_loader, val_loader
 
 
 def build_dataset(cfg: DictConfig, split: str) -> Dataset:
-    """The ``split`` images of ``data.name``: digits, an image folder, or the images of a
-    COCO-format detection set (``coco``, or the generated ``shapes``) for pre-training on them."""
+    """The ``split`` images of ``data.name``: digits, an image folder, or a COCO-format detection
+    set (``coco``, or the generated ``shapes``) for pre-training on it: its images, or with
+    ``data.coco_examples=objects`` its objects' crops."""
     data = cfg.data
     if data.name == "digits":
         return DigitsDataset(split)
     if data.name in ("coco", "shapes"):
         paths = detection_paths(cfg)
-        return CocoImages(images_dir=paths[f"{split}_images"], annotations=paths[f"{split}_annotations"])
+        files = {"images_dir": paths[f"{split}_images"], "annotations": paths[f"{split}_annotations"]}
+        if data.coco_examples == "objects":
+            return CocoObjects(**files, context=data.object_context)
+        return CocoImages(**files)
     folder = data.train_split if split == "train" else data.val_split
     return ImageFolderDataset(Path(data.root) / folder, skip_bad=data.skip_bad, require_every_class=split == "train")
 

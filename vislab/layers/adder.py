@@ -118,7 +118,10 @@ class AdderConv2d(nn.Module):
     no bias by default, as AdderNet follows every adder layer with BatchNorm.
 
     ``weight`` is ``(out, in / groups, kh, kw)`` like a convolution's, initialised as PyTorch
-    initialises one (AdderNet draws N(0, 1); with BatchNorm after, the scale does not matter).
+    initialises one (AdderNet draws N(0, 1)). The scale matters even under BatchNorm: with weights
+    much smaller than the inputs, ``-sum |x - w|`` is close to ``-sum |x|`` for every filter, and
+    at initialisation the filters' responses nearly coincide (docs/getting-started.md, "One-stage
+    and adder detectors", gives the measurement).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], *, stride: int = 1,

@@ -67,6 +67,48 @@ def test_adder_conv_groups_and_dilation_match_per_group_reference():
         torch.testing.assert_close(out[0, 3 * group:3 * group + 3], expected)
 
 
+def test_centred_adder_conv_subtracts_each_groups_channel_mean_and_differentiates_through_it():
+    torch.manual_seed(3)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    layer = AdderConv2d(4, 6, 3, padding=1, groups=2, input_grad="sign", center=True, init="normal").double()
+    out = layer(x)
+    grouped = out.view(2, 2, 3, 6, 6)
+    torch.testing.assert_close(grouped.mean(2), torch.zeros(2, 2, 6, 6, dtype=torch.float64))
+    plain = AdderConv2d(4, 6, 3, padding=1, groups=2, input_grad="sign").double()
+    plain.weight = layer.weight
+    expected = plain(x).view(2, 2, 3, 6, 6)
+    torch.testing.assert_close(grouped, expected - expected.mean(2, keepdim=True))
+    assert torch.autograd.gradcheck(lambda a: layer(a), (x,))  # the sign gradient is exact, centring too
+
+
+def test_centring_removes_the_common_part_of_an_adder_layers_outputs():
+    """On rectified inputs, weights small beside the inputs give output channels that are copies of
+    one signal (``-sum |x|``); centring leaves them nearly uncorrelated."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(8, 16, 12, 12))
+
+    def mean_abs_correlation(layer: AdderConv2d) -> float:
+        with torch.no_grad():
+            channels = layer(x).transpose(0, 1).reshape(16, -1)
+        correlation = torch.corrcoef(channels)
+        return correlation[~torch.eye(16, dtype=torch.bool)].abs().mean().item()
+
+    assert mean_abs_correlation(AdderConv2d(16, 16, 3, padding=1)) > 0.99
+    assert mean_abs_correlation(AdderConv2d(16, 16, 3, padding=1, center=True)) < 0.2
+    assert abs(AdderConv2d(16, 16, 3, init="normal").weight.std().item() - 1.0) < 0.05  # AdderNet's N(0, 1)
+
+
+def test_centred_kinds_reach_every_adder_layer_of_a_detector():
+    model = vislab.create_model("adder_fcos_r18_rpafpn_small", num_classes=3,
+                                backbone_options={"width": 0.5, "conv": "adder_sign_centered"},
+                                neck_conv="adder_sign_centered")
+    adders = [m for m in model.modules() if isinstance(m, AdderConv2d)]
+    assert adders and all(m.center and m.input_grad == "sign" for m in adders)
+    assert any(m.center for m in model.backbone.modules() if isinstance(m, AdderConv2d))
+    with pytest.raises(ValueError, match="init='xavier'"):
+        AdderConv2d(2, 2, 1, init="xavier")
+
+
 def test_adder_linear_is_negative_l1_distance():
     layer = AdderLinear(3, 2)
     with torch.no_grad():
@@ -112,6 +154,17 @@ def test_operation_count_and_energy_of_a_two_layer_model_worked_by_hand():
     expected_mj = (6912 * (3.7 + 0.9) + 11520 * 2 * 0.9) * 1e-9
     assert math.isclose(energy_mj(counts), expected_mj, rel_tol=1e-9)
     assert math.isclose(energy_mj(counts, multiplication_pj=1.0, addition_pj=1.0), (6912 * 2 + 11520 * 2) * 1e-9)
+
+
+def test_energy_count_prices_the_centring_worked_by_hand():
+    """A centred 3x3 adder layer, 4 -> 6 channels in 2 groups, on 8x8 ('same' padding): 8*8*6
+    outputs x 18 = 6,912 accumulations; the centring of 8*8 positions x 2 groups of 3 channels
+    takes 3 additions and 3 subtractions per group (768) and one multiplication by 1/3 (128)."""
+    counts = operation_counts(nn.Sequential(AdderConv2d(4, 6, 3, padding=1, groups=2, center=True)), (4, 8, 8))
+    assert counts["adder"] == {"macs": 6912e-9, "multiplications": 0.0, "additions": 2 * 6912e-9}
+    assert counts["adder centring"] == {"macs": 0.0, "multiplications": 128e-9, "additions": 768e-9}
+    expected_mj = (2 * 6912 * 0.9 + 128 * 3.7 + 768 * 0.9) * 1e-9
+    assert math.isclose(energy_mj(counts), expected_mj, rel_tol=1e-9)
 
 
 def test_fcos_against_adder_fcos_energy_near_the_papers_ratio():

@@ -8,6 +8,14 @@ derivative, which Adder FCOS uses: Chen et al., 2021, section 2.1.2), chosen by 
 The adaptive learning-rate scaling of eq. 13 is applied by the optimizer (``engine.optim``), not
 here, so these gradients are the layer's own.
 
+``center=True`` (a vislab option, in neither AdderNet nor Adder FCOS) subtracts, at every
+position, the mean over the layer's output channels (per group). With weights small beside their
+inputs, ``-sum |x - w|`` is nearly ``-sum |x|`` for every filter: the output channels start as
+copies of one signal and the gradients reaching the input are rank-one, and a half-width adder
+ResNet-18 does not learn the shapes objects' crops (docs/getting-started.md, "One-stage and adder
+detectors"); removing that common part lets it learn. It costs per position C additions, C
+subtractions and one multiplication by 1/C, which the energy count (models/complexity.py) includes.
+
 Nothing here builds the ``(out, in * k * k, positions)`` difference tensor of the reference code.
 The weight gradient is two matrix products (``G^T X - W * sum(G)``). The forward distances and the
 input gradient have no product form: on large inputs they run as kernels that ``torch.compile``
@@ -27,8 +35,16 @@ from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
 INPUT_GRADIENTS = ("hardtanh", "sign")
-# the ``conv`` option of models with adder layers: AdderNet's input gradient, or Adder FCOS's sign
-ADDER_KINDS = {"adder": "hardtanh", "adder_sign": "sign"}
+INITS = ("kaiming", "normal")
+# the ``conv`` option of models with adder layers and the AdderConv2d options each stands for:
+# AdderNet's input gradient, Adder FCOS's sign, and either with centred output channels (which
+# start from AdderNet's N(0, 1) weights, as they were measured)
+ADDER_KINDS = {
+    "adder": {"input_grad": "hardtanh"},
+    "adder_sign": {"input_grad": "sign"},
+    "adder_centered": {"input_grad": "hardtanh", "center": True, "init": "normal"},
+    "adder_sign_centered": {"input_grad": "sign", "center": True, "init": "normal"},
+}
 BLOCK_ELEMENTS = 2**22  # elements of one (rows, out, in) block of the eager input gradient
 COMPILE_ELEMENTS = 2**22  # rows x out x in from which the compiled kernels run
 
@@ -118,29 +134,34 @@ class AdderConv2d(nn.Module):
     no bias by default, as AdderNet follows every adder layer with BatchNorm.
 
     ``weight`` is ``(out, in / groups, kh, kw)`` like a convolution's, initialised as PyTorch
-    initialises one (AdderNet draws N(0, 1)). The scale matters even under BatchNorm: with weights
-    much smaller than the inputs, ``-sum |x - w|`` is close to ``-sum |x|`` for every filter, and
-    at initialisation the filters' responses nearly coincide (docs/getting-started.md, "One-stage
-    and adder detectors", gives the measurement).
+    initialises one (``init="kaiming"``) or as AdderNet's code does, N(0, 1) (``init="normal"``).
+    The scale matters even under BatchNorm: with weights much smaller than the inputs,
+    ``-sum |x - w|`` is close to ``-sum |x|`` for every filter, and at initialisation the filters'
+    responses nearly coincide; ``center=True`` removes that common part (see the module docstring).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], *, stride: int = 1,
                  padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False,
-                 input_grad: str = "hardtanh"):
+                 input_grad: str = "hardtanh", center: bool = False, init: str = "kaiming"):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{in_channels} input and {out_channels} output channels are not divisible by "
                              f"{groups} groups")
         if input_grad not in INPUT_GRADIENTS:
             raise ValueError(f"input_grad={input_grad!r} is not one of {', '.join(INPUT_GRADIENTS)}")
+        if init not in INITS:
+            raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         self.groups = groups
-        self.input_grad = input_grad
+        self.input_grad, self.center = input_grad, center
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if init == "normal":
+            nn.init.normal_(self.weight)
+        else:
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
@@ -156,13 +177,17 @@ class AdderConv2d(nn.Module):
             weight = self.weight[group * per_group:(group + 1) * per_group].flatten(1)
             outputs.append(adder(rows, weight, input_grad=self.input_grad).view(batch, out_h * out_w, per_group))
         out = torch.cat(outputs, dim=2).transpose(1, 2).reshape(batch, self.out_channels, out_h, out_w)
+        if self.center:
+            grouped = out.view(batch, self.groups, per_group, out_h, out_w)
+            out = (grouped - grouped.mean(dim=2, keepdim=True)).view_as(out)
         if self.bias is not None:
             out = out + self.bias[:, None, None]
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, input_grad={self.input_grad}")
+                f"padding={self.padding}, groups={self.groups}, input_grad={self.input_grad}"
+                + (", center=True" if self.center else ""))
 
 
 class AdderLinear(nn.Module):
@@ -184,6 +209,12 @@ class AdderLinear(nn.Module):
 
 
 ADDER_LAYERS = (AdderConv2d, AdderLinear)
+
+
+def adder_conv(kind: str, w_in: int, w_out: int, k: int, *, stride: int = 1, groups: int = 1) -> AdderConv2d:
+    """The adder layer of the model option ``conv=kind`` (a key of ``ADDER_KINDS``), 'same' padding
+    for odd kernels."""
+    return AdderConv2d(w_in, w_out, k, stride=stride, padding=k // 2, groups=groups, **ADDER_KINDS[kind])
 
 
 def adder_weights(model: nn.Module) -> list[nn.Parameter]:

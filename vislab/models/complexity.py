@@ -10,7 +10,9 @@ activations and pooling are not counted, as in the papers and fvcore. The model 
 ``operation_counts`` splits the count by kind of layer into multiplications and additions, and
 ``energy_mj`` prices them (Adder FCOS, Chen et al., 2021, section 3.3: a convolution's
 multiply-add is one fp32 multiplication and one addition, an adder layer's two additions; 3.7 pJ
-per multiplication and 0.9 pJ per addition by default). A model with ``dense_forward`` (a
+per multiplication and 0.9 pJ per addition by default). An adder layer with centred output
+channels (``AdderConv2d(center=True)``) adds its centring, per position and group of C channels C
+additions, C subtractions and one multiplication by 1/C, as a kind of its own. A model with ``dense_forward`` (a
 one-stage detector) is counted through it: its network without post-processing; an action
 detector through ``forward_whole_frames``: the clip and one box covering its frame.
 """
@@ -44,11 +46,14 @@ def operation_counts(model: nn.Module, input_size: Sequence[int], *, batch_size:
     device = next(model.parameters()).device
     x = torch.zeros(batch_size, *input_size, device=device)
     views = getattr(model, "views_per_image", 1)
-    adder_macs = [0]
+    adder_macs, centred_outputs, centring_means = [0], [0], [0]
 
     def count_adder(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         per_output = module.weight[0].numel()  # inputs per output: in / groups x kernel, or in_features
         adder_macs[0] += output.numel() * per_output
+        if getattr(module, "center", False):
+            centred_outputs[0] += output.numel()
+            centring_means[0] += output.numel() * module.groups // module.out_channels
 
     hooks = [m.register_forward_hook(count_adder) for m in model.modules() if isinstance(m, ADDER_LAYERS)]
     was_training = model.training
@@ -63,17 +68,21 @@ def operation_counts(model: nn.Module, input_size: Sequence[int], *, batch_size:
         for hook in hooks:
             hook.remove()
     macs: dict[str, float] = {}
-    for operator, flops in counter.get_flop_counts()["Global"].items():
+    for operator, flops in counter.get_flop_counts().get("Global", {}).items():
         name = getattr(operator, "__name__", str(operator))
         kind = OPERATOR_KINDS.get(name, "attention" if "attention" in name else name)
         macs[kind] = macs.get(kind, 0.0) + flops / 2
     if adder_macs[0]:
         macs["adder"] = float(adder_macs[0])
     scale = 1e9 * batch_size
-    return {kind: {"macs": value / scale,
-                   "multiplications": 0.0 if kind == "adder" else value / scale,
-                   "additions": (2 if kind == "adder" else 1) * value / scale}
-            for kind, value in macs.items()}
+    counts = {kind: {"macs": value / scale,
+                     "multiplications": 0.0 if kind == "adder" else value / scale,
+                     "additions": (2 if kind == "adder" else 1) * value / scale}
+              for kind, value in macs.items()}
+    if centred_outputs[0]:
+        counts["adder centring"] = {"macs": 0.0, "multiplications": centring_means[0] / scale,
+                                    "additions": 2 * centred_outputs[0] / scale}
+    return counts
 
 
 def energy_mj(counts: dict[str, dict[str, float]], *, multiplication_pj: float = MULTIPLICATION_PJ,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vislab.layers import get_norm
-from vislab.layers.adder import ADDER_KINDS, AdderConv2d
+from vislab.layers.adder import ADDER_KINDS, adder_conv
 from vislab.layers.invariance import InvariantConv2d
 from vislab.models.backbones.stages import run_stages
 from vislab.models.shape_spec import ShapeSpec
@@ -27,15 +27,16 @@ CONV_KINDS = ("conv", "ift", *ADDER_KINDS)
 
 
 def conv2d(w_in: int, w_out: int, k: int, *, stride: int = 1, groups: int = 1, kind: str = "conv") -> nn.Module:
-    """A bias-free convolution with 'same' padding for odd kernels, an adder layer (``kind``
-    "adder", or "adder_sign" for the sign input gradient of Adder FCOS), or a convolution with the
+    """A bias-free convolution with 'same' padding for odd kernels, an adder layer (``kind`` a key
+    of ``ADDER_KINDS``: "adder", "adder_sign" for the sign input gradient of Adder FCOS, either
+    with "_centered" for centred output channels), or a convolution with the
     invariance feature transform ("ift"; with a bias, which carries the folded ``-W' mu``)."""
     if kind == "ift":
         if groups != 1:
             raise ValueError("conv=ift supports ungrouped convolutions only (ResNets, not ResNeXts)")
         return InvariantConv2d(w_in, w_out, k, stride=stride, padding=k // 2)
     if kind in ADDER_KINDS:
-        return AdderConv2d(w_in, w_out, k, stride=stride, padding=k // 2, groups=groups, input_grad=ADDER_KINDS[kind])
+        return adder_conv(kind, w_in, w_out, k, stride=stride, groups=groups)
     return nn.Conv2d(w_in, w_out, k, stride=stride, padding=k // 2, groups=groups, bias=False)
 
 
@@ -144,7 +145,8 @@ class ResNet(nn.Module):
         zero_init_residual: start each residual branch's last norm at zero scale, so every block
             is the identity at initialisation (Goyal et al., 2017, section 5.1).
         conv: "conv", or "adder" for AdderNet's adder layers in the residual stages ("adder_sign":
-            with the sign input gradient of Adder FCOS), or "ift" for the invariance feature
+            with the sign input gradient of Adder FCOS; "_centered" after either: with centred
+            output channels, see ``AdderConv2d``), or "ift" for the invariance feature
             transform in every convolution (Ye et al., 2021; usually with ``norm="none"``).
     """
 

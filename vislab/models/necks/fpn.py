@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vislab.layers import get_norm
-from vislab.layers.adder import ADDER_KINDS, AdderConv2d
+from vislab.layers.adder import ADDER_KINDS, adder_conv
 from vislab.models.shape_spec import ShapeSpec
 
 
@@ -31,9 +31,10 @@ TOP_BLOCKS = ("none", "maxpool", "p6p7")
 
 def conv_norm(w_in: int, w_out: int, k: int, *, norm: str, stride: int = 1, conv: str = "conv") -> nn.Module:
     """A convolution ('same' padding; a bias only without a norm) and its norm; ``conv="adder"``
-    (or "adder_sign") makes it an adder layer (AdderNet), which always needs the norm after it."""
+    (or another key of ``ADDER_KINDS``) makes it an adder layer (AdderNet), which always needs the
+    norm after it."""
     if conv in ADDER_KINDS:
-        return nn.Sequential(AdderConv2d(w_in, w_out, k, stride=stride, padding=k // 2, input_grad=ADDER_KINDS[conv]),
+        return nn.Sequential(adder_conv(conv, w_in, w_out, k, stride=stride),
                              get_norm(norm, w_out))
     layer = nn.Conv2d(w_in, w_out, k, stride=stride, padding=k // 2, bias=norm == "none")
     nn.init.kaiming_uniform_(layer.weight, a=1)

@@ -175,11 +175,11 @@ class AdderConv2d(nn.Module):
         for group in range(self.groups):
             rows = columns[:, group].transpose(1, 2).reshape(batch * out_h * out_w, -1)  # (B * L, J)
             weight = self.weight[group * per_group:(group + 1) * per_group].flatten(1)
-            outputs.append(adder(rows, weight, input_grad=self.input_grad).view(batch, out_h * out_w, per_group))
+            distances = adder(rows, weight, input_grad=self.input_grad)  # (B * L, per_group)
+            if self.center:
+                distances = distances - distances.mean(dim=1, keepdim=True)
+            outputs.append(distances.view(batch, out_h * out_w, per_group))
         out = torch.cat(outputs, dim=2).transpose(1, 2).reshape(batch, self.out_channels, out_h, out_w)
-        if self.center:
-            grouped = out.view(batch, self.groups, per_group, out_h, out_w)
-            out = (grouped - grouped.mean(dim=2, keepdim=True)).view_as(out)
         if self.bias is not None:
             out = out + self.bias[:, None, None]
         return out.to(x.dtype)

@@ -11,10 +11,11 @@ activations and pooling are not counted, as in the papers and fvcore. The model 
 ``energy_mj`` prices them (Adder FCOS, Chen et al., 2021, section 3.3: a convolution's
 multiply-add is one fp32 multiplication and one addition, an adder layer's two additions; 3.7 pJ
 per multiplication and 0.9 pJ per addition by default). An adder layer with centred output
-channels (``AdderConv2d(center=True)``) adds its centring, per position and group of C channels C
-additions, C subtractions and one multiplication by 1/C, as a kind of its own. A model with ``dense_forward`` (a
-one-stage detector) is counted through it: its network without post-processing; an action
-detector through ``forward_whole_frames``: the clip and one box covering its frame.
+channels (``AdderConv2d(center=True)``) adds its centring as a kind of its own: per position and
+group of C channels, C additions, C subtractions and one multiplication by 1/C. A model with
+``dense_forward`` (a one-stage detector) is counted through it: its network without
+post-processing; an action detector through ``forward_whole_frames``: the clip and one box
+covering its frame.
 """
 from __future__ import annotations
 

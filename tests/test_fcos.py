@@ -151,6 +151,18 @@ def test_fcos_trains_and_detects_in_the_contract_format():
     assert 0 < len(detections[1]["boxes"]) <= 100 and detections[1]["boxes"][:, 2].max() <= 100
 
 
+def test_nasfpn_neck_over_a_frozen_trunk_trains_the_decoder_only():
+    """The heavier decoder of detection on a frozen trunk: NAS-FPN's p3-p7 feed the FCOS head."""
+    model = small_fcos(neck="nasfpn", nasfpn_repeats=2, frozen_backbone=True).train()
+    assert [s.stride for s in model.fpn.output_shape().values()] == [8, 16, 32, 64, 128]
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 60.0]]), "labels": torch.tensor([1])}]
+    sum(model(torch.randn(1, 3, 256, 256), [(256, 256)], targets).values()).backward()  # p7 2x2 for GN
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.fpn.parameters())
+    with pytest.raises(ValueError, match="convolutions only"):
+        small_fcos(neck="nasfpn", neck_conv="adder")
+
+
 @pytest.mark.parametrize("conv", ["conv", "adder"])
 def test_rpafpn_levels_and_shortcuts(conv):
     shapes = {"res3": ShapeSpec(channels=8, stride=8), "res4": ShapeSpec(channels=16, stride=16),

@@ -14,33 +14,41 @@ from typing import Any, Sequence
 
 from vislab.models.detection.fcos import FCOS, FCOSHead
 from vislab.models.necks.fpn import FPN
+from vislab.models.necks.nasfpn import NASFPN
 from vislab.models.necks.pafpn import RPAFPN
 from vislab.models.registry_types import ModelEntry, Reference
 from vislab.models.zoo.rcnn import build_backbone
 
 
-NECKS = ("fpn", "rpafpn")
+NECKS = ("fpn", "rpafpn", "nasfpn")
 
 
 def fcos(*, num_classes: int = 80, backbone: str = "resnet50", backbone_options: dict | None = None,
          backbone_norm: str = "FrozenBN", freeze_at: int = 2, frozen_backbone: bool = False, neck: str = "fpn",
          neck_conv: str = "conv", fpn_features: Sequence[str] = ("res3", "res4", "res5"), fpn_channels: int = 256,
-         fpn_norm: str = "none", head_norm: str = "GN", head_convs: int = 4, center_sampling_radius: float = 1.5,
+         fpn_norm: str = "none", nasfpn_repeats: int = 5, head_norm: str = "GN", head_convs: int = 4,
+         center_sampling_radius: float = 1.5,
          score_threshold: float = 0.2, nms_threshold: float = 0.6, detections_per_image: int = 100,
          topk_candidates: int = 1000) -> FCOS:
-    """FCOS with an FPN (P3-P7: ``fpn_features`` at strides 8-32, then P6/P7 convolutions) or Adder
-    FCOS's R-PAFPN (``neck="rpafpn"``), adder layers in the neck with ``neck_conv="adder"`` or "adder_sign" (and in
-    the trunk with ``backbone_options={"conv": "adder"}``), and the shared convolutional head;
-    thresholds as torchvision's (``score_threshold`` 0.2, NMS 0.6)."""
+    """FCOS with an FPN (P3-P7: ``fpn_features`` at strides 8-32, then P6/P7 convolutions), Adder
+    FCOS's R-PAFPN (``neck="rpafpn"``) or NAS-FPN (``neck="nasfpn"``, ``nasfpn_repeats`` repeats,
+    the heavier decoder of detection on a frozen trunk), adder layers in the FPN or R-PAFPN with
+    ``neck_conv="adder"`` or "adder_sign" (and in the trunk with ``backbone_options={"conv": "adder"}``),
+    and the shared convolutional head; thresholds as torchvision's (``score_threshold`` 0.2, NMS 0.6)."""
     if neck not in NECKS:
         raise ValueError(f"neck={neck!r} is not one of {', '.join(NECKS)}")
     trunk = build_backbone(backbone, norm=backbone_norm, options=backbone_options)
     if neck == "fpn":
         pyramid = FPN(input_shapes=trunk.output_shape(), in_features=fpn_features, out_channels=fpn_channels,
                       norm=fpn_norm, top_block="p6p7", conv=neck_conv)
-    else:
+    elif neck == "rpafpn":
         pyramid = RPAFPN(input_shapes=trunk.output_shape(), in_features=fpn_features, out_channels=fpn_channels,
                          norm=fpn_norm, conv=neck_conv)
+    else:
+        if neck_conv != "conv":
+            raise ValueError(f"neck_conv={neck_conv!r}: the NAS-FPN neck has convolutions only")
+        pyramid = NASFPN(input_shapes=trunk.output_shape(), in_features=fpn_features, channels=fpn_channels,
+                         num_repeats=nasfpn_repeats, norm=fpn_norm)
     head = FCOSHead(channels=fpn_channels, num_classes=num_classes, num_convs=head_convs, norm=head_norm)
     return FCOS(backbone=trunk, fpn=pyramid, head=head, freeze_at=freeze_at, frozen_backbone=frozen_backbone,
                 center_sampling_radius=center_sampling_radius, score_threshold=score_threshold,

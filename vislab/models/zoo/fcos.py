@@ -27,9 +27,8 @@ def fcos(*, num_classes: int = 80, backbone: str = "resnet50", backbone_options:
          backbone_norm: str = "FrozenBN", freeze_at: int = 2, frozen_backbone: bool = False, neck: str = "fpn",
          neck_conv: str = "conv", fpn_features: Sequence[str] = ("res3", "res4", "res5"), fpn_channels: int = 256,
          fpn_norm: str = "none", nasfpn_repeats: int = 5, head_norm: str = "GN", head_convs: int = 4,
-         center_sampling_radius: float = 1.5,
-         score_threshold: float = 0.2, nms_threshold: float = 0.6, detections_per_image: int = 100,
-         topk_candidates: int = 1000) -> FCOS:
+         center_sampling_radius: float = 1.5, score_threshold: float = 0.2, nms_threshold: float = 0.6,
+         detections_per_image: int = 100, topk_candidates: int = 1000) -> FCOS:
     """FCOS with an FPN (P3-P7: ``fpn_features`` at strides 8-32, then P6/P7 convolutions), Adder
     FCOS's R-PAFPN (``neck="rpafpn"``) or NAS-FPN (``neck="nasfpn"``, ``nasfpn_repeats`` repeats,
     the heavier decoder of detection on a frozen trunk), adder layers in the FPN or R-PAFPN with

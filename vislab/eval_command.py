@@ -8,6 +8,7 @@ from pathlib import Path
 from vislab.config import ConfigError, load_config
 from vislab.engine.checkpoint import resolve_weights
 from vislab.engine.distributed import DistInfo, resolve_device
+from vislab.engine.precise_bn import recompute_batchnorm_statistics
 from vislab.tasks import build_task
 from vislab.utils.files import atomic_write_text
 from vislab.utils.finite import finite_outputs
@@ -24,6 +25,10 @@ def eval_command(args) -> int:
     model = task.build_model().to(device)
     single = DistInfo()
     out = Path(args.out) if args.out else weights.parent / "eval.json"
+    if cfg.train.precise_bn_batches:  # as training does before its evaluations
+        recompute_batchnorm_statistics(model, task.build_train_loader(single)[0], dist=single,
+                                       num_batches=cfg.train.precise_bn_batches,
+                                       forward=lambda module, batch: task.train_step(module, batch, device))
     with finite_outputs(model, what=f"the output of {weights}"):
         metrics = task.evaluate(model, task.build_val_loader(single), device=device, dist=single,
                                 out_dir=out.parent / out.stem)

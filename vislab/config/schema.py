@@ -121,6 +121,8 @@ class TrainConfig:
     accumulate_steps: int = 1
     label_smoothing: float = 0.0
     ema_decay: Optional[float] = None  # keep and evaluate an exponential moving average of weights
+    precise_bn_batches: int = 0  # before each evaluation, re-estimate BatchNorm statistics over this many
+    # training batches at the current weights (precise BN, vislab.engine.precise_bn); 0: the running averages
     eval_every: int = 1  # epochs
     eval_images: int = 4  # validation images each evaluation draws (detections, MAE reconstructions); 0: none
     log_every: int = 20  # steps

@@ -31,6 +31,7 @@ from vislab.engine.hooks import (CheckpointHook, CurvesHook, EvalHook, Hook, Met
                                  ProgressHook)
 from vislab.engine.log_window import LogWindow
 from vislab.engine.optim import build_optimizer
+from vislab.engine.precise_bn import recompute_batchnorm_statistics
 from vislab.engine.precision import autocast_context, resolve_amp
 from vislab.engine.schedule import LRSchedule, apply_lr
 from vislab.utils.finite import finite_outputs
@@ -261,6 +262,12 @@ class Trainer:
         if self.ema is not None:
             models["val_ema"] = self.ema.module
         record = {}
+        if self.cfg.train.precise_bn_batches:
+            def train_forward(model, batch):
+                return self.task.train_step(model, batch, self.device)
+            with autocast_context(self.device, enabled=self.amp, dtype=self.cfg.train.amp_dtype):
+                recompute_batchnorm_statistics(self.model_without_ddp, self.train_loader, forward=train_forward,
+                                               num_batches=self.cfg.train.precise_bn_batches, dist=self.dist)
         for prefix, model in models.items():
             what = (f"the {'moving-average ' if prefix == 'val_ema' else ''}model's output at the evaluation "
                     f"after epoch {self.epoch} (step {self.step})")

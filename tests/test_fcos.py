@@ -200,3 +200,29 @@ def test_adder_fcos_trains_through_the_detection_task(tmp_path):
     summary = train(load_config(None, overrides))
     assert 0.0 <= summary["final"]["val/bbox/AP"] <= 1.0
     assert not any(key.startswith("val/segm") for key in summary["final"])
+
+
+def test_adder_crop_classifier_recipe_initialises_the_adder_fcos_trunk(tmp_path):
+    """configs/pretrain/shapes_objects_adder_r18.yaml trains the very trunk of
+    configs/detection/shapes_adder_fcos_r18.yaml: every trunk tensor loads, centred adder layers
+    included (the paper starts Adder FCOS from an ImageNet-trained adder ResNet)."""
+    from pathlib import Path
+
+    from vislab.config import load_config, model_kwargs
+    from vislab.models import create_model
+    from vislab.weights import load_backbone_weights, save_weights
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    crops = load_config(configs / "pretrain" / "shapes_objects_adder_r18.yaml", [])
+    classifier = create_model(crops.model.name, num_classes=5, **model_kwargs(crops))
+    save_weights(classifier.state_dict(), tmp_path / "trunk.safetensors")
+    detection = load_config(configs / "detection" / "shapes_adder_fcos_r18.yaml", [])
+    detector = create_model(detection.model.name, num_classes=5, **model_kwargs(detection))
+    report = load_backbone_weights(detector, tmp_path / "trunk.safetensors")
+    assert report.ok and not report.missing
+    loaded = detector.backbone.state_dict()
+    trunk = {k.removeprefix("backbone."): v for k, v in classifier.state_dict().items() if k.startswith("backbone.")}
+    shared = [k for k in loaded if k in trunk]
+    assert len(shared) > 50 and all(torch.equal(loaded[k], trunk[k]) for k in shared)
+    adders = [m for m in detector.backbone.modules() if type(m).__name__ == "AdderConv2d"]
+    assert adders and all(m.center for m in adders)

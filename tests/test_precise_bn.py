@@ -20,10 +20,11 @@ def test_statistics_are_the_average_over_the_batches_and_nothing_else_changes():
     batches = [{"x": torch.randn(8, 3) * (i + 1) + i} for i in range(5)]
     weights = [p.detach().clone() for p in model.parameters()]
 
-    def forward(module, batch):
-        return module(batch["x"]).sum()
+    def train_step(module, batch, device):
+        return module(batch["x"].to(device)).sum()
 
-    used = recompute_batchnorm_statistics(model, iter(batches), num_batches=3, forward=forward, dist=DistInfo())
+    used = recompute_batchnorm_statistics(model, iter(batches), num_batches=3, train_step=train_step,
+                                          device=torch.device("cpu"), dist=DistInfo())
     assert used == 3
     with torch.no_grad():
         features = [model[0](b["x"]) for b in batches[:3]]
@@ -38,8 +39,8 @@ def test_statistics_are_the_average_over_the_batches_and_nothing_else_changes():
 
 def test_a_model_without_batchnorm_is_left_alone():
     model = nn.Sequential(nn.Linear(3, 4), nn.GroupNorm(2, 4))
-    assert recompute_batchnorm_statistics(model, iter([torch.randn(2, 3)]), num_batches=1,
-                                          forward=lambda m, b: m(b), dist=DistInfo()) == 0
+    assert recompute_batchnorm_statistics(model, iter([torch.randn(2, 3)]), num_batches=1, dist=DistInfo(),
+                                          train_step=lambda m, b, device: m(b), device=torch.device("cpu")) == 0
 
 
 def test_training_re_estimates_before_each_evaluation_without_changing_the_weights(tmp_path):

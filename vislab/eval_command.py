@@ -28,7 +28,7 @@ def eval_command(args) -> int:
     if cfg.train.precise_bn_batches:  # as training does before its evaluations
         recompute_batchnorm_statistics(model, task.build_train_loader(single)[0], dist=single,
                                        num_batches=cfg.train.precise_bn_batches,
-                                       forward=lambda module, batch: task.train_step(module, batch, device))
+                                       train_step=task.train_step, device=device)
     with finite_outputs(model, what=f"the output of {weights}"):
         metrics = task.evaluate(model, task.build_val_loader(single), device=device, dist=single,
                                 out_dir=out.parent / out.stem)

@@ -20,28 +20,28 @@ from vislab.engine.distributed import DistInfo, all_reduce_sum
 
 
 class _BatchForward(nn.Module):
-    """Lets ``update_bn`` (which calls ``module(batch)``) run a task's training forward."""
+    """Lets ``update_bn`` (which calls ``module(batch)``) run a task's training step."""
 
-    def __init__(self, model: nn.Module, forward: Callable[[nn.Module, Any], Any]):
+    def __init__(self, model: nn.Module, train_step: Callable[[nn.Module, Any, torch.device], Any],
+                 device: torch.device):
         super().__init__()
         self.model = model
-        self.forward_batch = forward
+        self.train_step = train_step
+        self.device = device
 
     def forward(self, batch: Any) -> None:
-        self.forward_batch(self.model, batch)
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self.train_step(self.model, batch, self.device)
 
 
 def recompute_batchnorm_statistics(model: nn.Module, batches: Iterable, *, num_batches: int,
-                                   forward: Callable[[nn.Module, Any], Any], dist: DistInfo) -> int:
+                                   train_step: Callable[[nn.Module, Any, torch.device], Any],
+                                   device: torch.device, dist: DistInfo) -> int:
     """Replace the running statistics of ``model``'s BatchNorm layers by their average over the
-    first ``num_batches`` of ``batches``, each run through ``forward(model, batch)`` in training
-    mode without gradients (torch's ``update_bn``); with several processes the averages are
-    averaged over processes, so every copy evaluates the same model. Returns the batches used."""
-    layers = batchnorm_layers(model)
+    first ``num_batches`` of ``batches``, each run through a task's ``train_step(model, batch,
+    device)`` in training mode without gradients (torch's ``update_bn``); with several processes
+    the averages are averaged over processes, so every copy evaluates the same model. Returns the
+    batches used."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not layers:
         return 0
     counted = 0
@@ -52,7 +52,7 @@ def recompute_batchnorm_statistics(model: nn.Module, batches: Iterable, *, num_b
             counted += 1
             yield batch
 
-    update_bn(counting(batches), _BatchForward(model, forward).train(model.training))  # mode restored after
+    update_bn(counting(batches), _BatchForward(model, train_step, device).train(model.training))  # mode restored after
     if dist.enabled:
         with torch.no_grad():
             for layer in layers:

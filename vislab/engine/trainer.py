@@ -263,11 +263,10 @@ class Trainer:
             models["val_ema"] = self.ema.module
         record = {}
         if self.cfg.train.precise_bn_batches:
-            def train_forward(model, batch):
-                return self.task.train_step(model, batch, self.device)
             with autocast_context(self.device, enabled=self.amp, dtype=self.cfg.train.amp_dtype):
-                recompute_batchnorm_statistics(self.model_without_ddp, self.train_loader, forward=train_forward,
-                                               num_batches=self.cfg.train.precise_bn_batches, dist=self.dist)
+                recompute_batchnorm_statistics(self.model_without_ddp, self.train_loader, dist=self.dist,
+                                               num_batches=self.cfg.train.precise_bn_batches,
+                                               train_step=self.task.train_step, device=self.device)
         for prefix, model in models.items():
             what = (f"the {'moving-average ' if prefix == 'val_ema' else ''}model's output at the evaluation "
                     f"after epoch {self.epoch} (step {self.step})")

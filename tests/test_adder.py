@@ -2,6 +2,7 @@
 adder ResNets and the operation / energy count (models/complexity.py)."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,9 +11,12 @@ from torch import nn
 from torch.nn import functional as F
 
 import vislab
+from helpers import tiny_digits_config
 from vislab.engine.optim import build_optimizer, param_groups
 from vislab.layers.adder import AdderConv2d, AdderLinear, adder, adder_weights
+from vislab.engine.run import train
 from vislab.models.complexity import energy_mj, on_meta, operation_counts
+from vislab.weights import read_weights
 
 
 def reference_adder_conv(x: torch.Tensor, weight: torch.Tensor, *, stride: int, padding: int) -> torch.Tensor:
@@ -134,6 +138,76 @@ def test_adaptive_scaling_gives_each_adder_layer_gradient_norm_eta_sqrt_k():
     torch.testing.assert_close(model[0].weight.grad, conv_grad)  # convolutions keep theirs
 
 
+def _adder_pair() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), AdderConv2d(4, 5, 3), nn.BatchNorm2d(5))
+
+
+def _mixed_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return build_optimizer(model, name="adamw", lr=1e-3, weight_decay=0.05, decay_norm_and_bias=False,
+                           momentum=0.9, nesterov=False, betas=(0.9, 0.999), eps=1e-8, adder_eta=2.0,
+                           adder_optimizer="sgd", adder_lr=0.01, adder_weight_decay=1e-4)
+
+
+def _train(model: nn.Module, optimizer: torch.optim.Optimizer, *, steps: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(torch.randn(2, 3, 8, 8, generator=generator)).square().mean().backward()
+        optimizer.step()
+
+
+def test_adder_weights_take_their_own_optimizer_lr_and_weight_decay():
+    """optim.adder_optimizer=sgd under adamw: the adder weight steps exactly as torch's SGD (momentum,
+    its lr and weight decay, the scaled gradient), everything else exactly as torch's AdamW."""
+    model, twin = _adder_pair(), _adder_pair()
+    optimizer = _mixed_optimizer(model)
+    adder_groups = [g for g in optimizer.param_groups if "adder_eta" in g]
+    assert [(g["optimizer"], g["lr"], g["weight_decay"]) for g in adder_groups] == [("sgd", 0.01, 1e-4)]
+    rest = [p for name, p in twin.named_parameters() if name != "1.weight"]
+    sgd = torch.optim.SGD([twin[1].weight], lr=0.01, momentum=0.9, weight_decay=1e-4)
+    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.ndim > 1], "weight_decay": 0.05},
+                               {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0}], lr=1e-3)
+    _train(model, optimizer, steps=3, seed=1)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        sgd.zero_grad(), adamw.zero_grad()
+        twin(torch.randn(2, 3, 8, 8, generator=generator)).square().mean().backward()
+        grad = twin[1].weight.grad
+        grad.mul_(2.0 * math.sqrt(grad.numel()) / grad.norm())
+        sgd.step(), adamw.step()
+    for (name, param), twin_param in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(param, twin_param, msg=name)
+
+
+def test_mixed_optimizer_state_round_trips_and_continues_exactly():
+    model = _adder_pair()
+    optimizer = _mixed_optimizer(model)
+    _train(model, optimizer, steps=2, seed=1)
+    state = copy.deepcopy(optimizer.state_dict())  # a checkpoint's copy, not the live tensors
+    assert {"momentum_buffer"} == set(state["state"][[i for g in state["param_groups"] if "adder_eta" in g
+                                                      for i in g["params"]][0]])
+    continued = _adder_pair()
+    continued.load_state_dict(model.state_dict())
+    resumed = _mixed_optimizer(continued)
+    resumed.load_state_dict(state)
+    _train(model, optimizer, steps=2, seed=2)
+    _train(continued, resumed, steps=2, seed=2)
+    for param, other in zip(model.parameters(), continued.parameters()):
+        torch.testing.assert_close(param, other)
+
+
+def test_adder_optimizer_options_are_checked():
+    with pytest.raises(ValueError, match="'rmsprop'"):
+        build_optimizer(_adder_pair(), name="adamw", lr=1e-3, weight_decay=0.0, decay_norm_and_bias=False,
+                        momentum=0.9, nesterov=False, betas=(0.9, 0.999), eps=1e-8, adder_eta=0.2,
+                        adder_optimizer="rmsprop")
+    with pytest.raises(ValueError, match="adder_eta"):
+        build_optimizer(_adder_pair(), name="adamw", lr=1e-3, weight_decay=0.0, decay_norm_and_bias=False,
+                        momentum=0.9, nesterov=False, betas=(0.9, 0.999), eps=1e-8, adder_eta=None,
+                        adder_optimizer="sgd")
+
+
 def test_adder_resnets_keep_stem_and_classifier_multiplicative():
     model = vislab.create_model("adder_resnet20", num_classes=10)
     assert isinstance(model.backbone.stem.conv, nn.Conv2d)
@@ -196,3 +270,16 @@ def test_compiled_kernels_equal_the_eager_forms(monkeypatch):
     for eager, compiled in zip(results[:2], results[2:]):
         for a, b in zip(eager, compiled):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_run_with_adder_weights_under_sgd_resumes_exactly_from_a_sharded_checkpoint(tmp_path):
+    """The trainer with ``optim.adder_optimizer=sgd`` under AdamW: its optimizer state goes through
+    torch.distributed.checkpoint and back, and the resumed run ends at the uninterrupted run's weights."""
+    adder = ["model.conv=adder_sign", "optim.adder_optimizer=sgd", "optim.adder_lr=0.01", "optim.adder_eta=2.0",
+             "train.checkpoint_format=sharded", "data.max_train_samples=48", "data.max_val_samples=32"]
+    train(tiny_digits_config(tmp_path / "whole", *adder))
+    train(tiny_digits_config(tmp_path / "resumed", *adder,
+                             f"resume={tmp_path / 'whole' / 'checkpoints' / 'epoch_0001'}"))
+    whole, resumed = (read_weights(tmp_path / run / "checkpoints" / "epoch_0002" / "sharded")[0]
+                      for run in ("whole", "resumed"))
+    assert max((whole[k] - resumed[k]).abs().max().item() for k in whole) < 1e-6

@@ -95,6 +95,11 @@ class OptimConfig:
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = False  # False: no weight decay on norm weights and biases
     adder_eta: Optional[float] = 0.2  # AdderNet's adaptive lr scaling of adder layers (eq. 13); None: off
+    # the adder weights' own optimizer (e.g. sgd under adamw: the scaling above assumes SGD), peak lr
+    # and weight decay; None: the same as the rest's
+    adder_optimizer: Optional[str] = None
+    adder_lr: Optional[float] = None
+    adder_weight_decay: Optional[float] = None
 
 
 @dataclass

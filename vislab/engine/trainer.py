@@ -47,7 +47,8 @@ class SkippedBatchError(RuntimeError):
 
 
 # settings a checkpoint's optimizer state is tied to: resuming under others cannot continue it
-RESUME_FIXED_KEYS = ("optim.name", "optim.layer_decay", "optim.decay_norm_and_bias", "train.ema_decay")
+RESUME_FIXED_KEYS = ("optim.name", "optim.adder_optimizer", "optim.layer_decay", "optim.decay_norm_and_bias",
+                     "train.ema_decay")
 
 
 def seed_everything(*seeds: int) -> None:
@@ -117,7 +118,9 @@ class Trainer:
         self.optimizer = build_optimizer(model, name=o.name, lr=self.peak_lr, weight_decay=o.weight_decay,
                                          decay_norm_and_bias=o.decay_norm_and_bias, momentum=o.momentum,
                                          nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
-                                         layer_decay=o.layer_decay, adder_eta=o.adder_eta)
+                                         layer_decay=o.layer_decay, adder_eta=o.adder_eta,
+                                         adder_optimizer=o.adder_optimizer, adder_lr=o.adder_lr,
+                                         adder_weight_decay=o.adder_weight_decay)
 
         self.checkpoints = ckpt.CheckpointDir(run_dir / "checkpoints")
         self.epoch = 0

@@ -47,8 +47,8 @@ class SkippedBatchError(RuntimeError):
 
 
 # settings a checkpoint's optimizer state is tied to: resuming under others cannot continue it
-RESUME_FIXED_KEYS = ("optim.name", "optim.adder_optimizer", "optim.layer_decay", "optim.decay_norm_and_bias",
-                     "train.ema_decay")
+RESUME_FIXED_KEYS = ("optim.name", "optim.adder_optimizer", "optim.adder_lr", "optim.layer_decay",
+                     "optim.decay_norm_and_bias", "train.ema_decay")
 
 
 def seed_everything(*seeds: int) -> None:

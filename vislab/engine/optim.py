@@ -32,11 +32,9 @@ def param_groups(model: nn.Module, *, weight_decay: float, decay_norm_and_bias: 
         raise ValueError(f"optim.layer_decay needs a model whose layers are numbered for it "
                          f"(ViT, ConvNeXt, MViTv2); this {type(model).__name__} has no layer ids")
     skip = set(getattr(model, "no_weight_decay", set)())
-    adders = {id(p) for p in adder_weights(model)}
     if adder_eta is None and (adder_lr_scale != 1.0 or adder_weight_decay is not None):
         raise ValueError("optim.adder_lr and optim.adder_weight_decay need optim.adder_eta (the adder groups)")
-    if adder_eta is None:
-        adders = set()
+    adders = {id(p) for p in adder_weights(model)} if adder_eta is not None else set()
     groups: dict[tuple[float, float, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -13,8 +13,8 @@ from torch.nn import functional as F
 import vislab
 from helpers import tiny_digits_config
 from vislab.engine.optim import build_optimizer, param_groups
-from vislab.layers.adder import AdderConv2d, AdderLinear, adder, adder_weights
 from vislab.engine.run import train
+from vislab.layers.adder import AdderConv2d, AdderLinear, adder, adder_weights
 from vislab.models.complexity import energy_mj, on_meta, operation_counts
 from vislab.weights import read_weights
 

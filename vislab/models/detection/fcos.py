@@ -120,12 +120,14 @@ class FCOS(PyramidDetector):
         if self.training and targets is None:
             raise ValueError("training a detector needs targets")
         features = list(self.pyramid(images).values())
-        logits, distances, centerness = self.head(features)
         anchors = self.anchor_generator([f.shape[-2:] for f in features])
         if self.training:
-            return self._losses(torch.cat(logits, 1), torch.cat(distances, 1), torch.cat(centerness, 1),
-                                anchors, targets)
-        return self._detections(logits, distances, centerness, anchors, image_sizes)
+            # Concatenated as they come out of the head, so that no per-level output outlives the
+            # concatenation: the per-level class logits would stay alive through the focal loss,
+            # the step's peak, one more [B, points, classes] tensor.
+            logits, distances, centerness = (torch.cat(levels, dim=1) for levels in self.head(features))
+            return self._losses(logits, distances, centerness, anchors, targets)
+        return self._detections(*self.head(features), anchors, image_sizes)
 
     def dense_forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], ...]:
         """The network without target assignment or post-processing: what its operations count."""
